@@ -1,0 +1,60 @@
+"""`pytest autograder`: the students' self-check.
+
+Student code never runs in this process. At start-up a sandbox process begins importing torch;
+once pytest knows which checks were selected, it is sent those notebooks, runs them, and hands
+back plain data that the verdicts judge here. A table of points closes the run.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lora_grader.checks import NOTEBOOKS
+from lora_grader.grading import Sandbox
+from lora_grader.report import points_table
+
+SANDBOX = pytest.StashKey[Sandbox]()
+RESULTS = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--notebooks", metavar="DIR", default=None,
+                     help="folder of the course notebooks to grade (default: course/lora)")
+
+
+def pytest_sessionstart(session):
+    session.config.stash[SANDBOX] = Sandbox()  # imports torch while pytest collects
+
+
+def pytest_sessionfinish(session):
+    session.config.stash[SANDBOX].close()
+
+
+def _notebook_dir(config) -> Path:
+    option = config.getoption("--notebooks")
+    return Path(option).resolve() if option else config.rootpath / "course" / "lora"
+
+
+@pytest.fixture
+def graded(request):
+    """Judge one check of the notebook this test module is about; fails with the feedback."""
+    config = request.config
+    if RESULTS not in config.stash:
+        keys = {item.module.NOTEBOOK for item in request.session.items if hasattr(item.module, "NOTEBOOK")}
+        results = config.stash[SANDBOX].grade(_notebook_dir(config), keys)
+        config.stash[RESULTS] = {(r.notebook, r.check.name): r for rs in results.values() for r in rs}
+
+    def judge(notebook: str, check) -> None:
+        result = config.stash[RESULTS][(notebook, check.name)]
+        if not result.passed:
+            pytest.fail(result.message, pytrace=False)
+
+    return judge
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if RESULTS in config.stash:
+        results = list(config.stash[RESULTS].values())
+        terminalreporter.write_sep("=", "LoRA course: points")
+        terminalreporter.write_line(points_table(results, _notebook_dir(config)))

@@ -1,0 +1,29 @@
+"""The graded notebooks and their checks, one module per notebook."""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+
+@dataclasses.dataclass(frozen=True)
+class Notebook:
+    key: str  # "01"
+    filename: str
+    title: str
+
+    @property
+    def module(self):
+        return importlib.import_module(f"lora_grader.checks.nb{self.key}")
+
+
+NOTEBOOKS = {
+    notebook.key: notebook
+    for notebook in (
+        Notebook("01", "01_elementwise_attempt.ipynb", "The elementwise attempt"),
+        Notebook("02", "02_factored_fix.ipynb", "The fix: B(Ax)"),
+    )
+}
+
+
+def checks_of(key: str):
+    return NOTEBOOKS[key].module.CHECKS

@@ -1,0 +1,299 @@
+"""What a check is: a probe that runs student code, and a verdict that judges what it returned.
+
+The probe builds its own inputs, calls the student's code and returns only plain data
+(tensors, numbers, strings, lists, dicts). The verdict rebuilds the same inputs, computes the
+expected values itself in float64, and raises `CheckFailed` with feedback when the data is
+wrong. `pytest autograder` runs probes in a sandboxed child process and verdicts in its own;
+an nbgrader test cell runs both in the kernel with `run_check`. Either way it is the same code.
+"""
+from __future__ import annotations
+
+import dataclasses
+import linecache
+import os
+import traceback
+from typing import Any, Callable, Mapping
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+class CheckFailed(AssertionError):
+    """A failed check. Its message is the feedback a student reads."""
+
+
+class ProbeError(Exception):
+    """The probe found the student's code in a state it cannot measure (a missing attribute,
+    a wrong type...). Its message is written for the student."""
+
+
+Case = dict
+Outcome = dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str  # also the grade_id of the nbgrader test cell that runs it
+    task: str  # the name the student defines, e.g. "lora_update"
+    points: int
+    probe: Callable[[Mapping[str, Any], Case], dict]
+    verdict: Callable[[Case, dict], None]
+    cases: tuple[Case, ...]
+    hidden_cases: tuple[Case, ...] = ()
+    # Turns an exception raised by the student's code into the likely cause, or None.
+    explain_error: Callable[[Case, Outcome], str | None] = lambda case, outcome: None
+
+    @property
+    def all_cases(self) -> tuple[Case, ...]:
+        return self.cases + self.hidden_cases
+
+
+# --- running the probe: the only place student code is called --------------------------------
+
+_OUR_DIRS = tuple(
+    os.path.dirname(os.path.abspath(module.__file__)) + os.sep
+    for module in (torch, os)  # torch and the standard library
+) + (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,)
+
+
+def collect(check: Check, namespace: Mapping[str, Any], cases) -> list[Outcome]:
+    """Run the check's probe on each case; one plain outcome per case."""
+    if check.task not in namespace:
+        return [{"status": "undefined", "name": check.task}]
+    outcomes = []
+    for case in cases:
+        outcome = _probe_one(check, namespace, case)
+        outcomes.append(outcome)
+        if outcome["status"] in ("undefined", "not_implemented"):
+            break  # every other case would say the same
+    return outcomes
+
+
+def _probe_one(check: Check, namespace, case) -> Outcome:
+    try:
+        with torch.random.fork_rng():  # the probe must not disturb the student's seed
+            data = check.probe(namespace, case)
+        return {"status": "ok", "data": plain(data)}
+    except NotImplementedError:
+        return {"status": "not_implemented", "name": check.task}
+    except ProbeError as error:
+        return {"status": "probe", "message": str(error)}
+    except BaseException as error:  # SystemExit and KeyboardInterrupt are student mistakes too
+        return {
+            "status": "raised",
+            "type": type(error).__name__,
+            "message": safe_str(error),
+            "where": student_location(error),
+        }
+
+
+def safe_str(error: BaseException) -> str:
+    try:
+        text = str(error)
+    except BaseException:
+        text = "<message could not be printed>"
+    return text if len(text) <= 500 else text[:500] + " ..."
+
+
+def student_location(error: BaseException) -> str:
+    """The deepest frame of the traceback that is the student's code, as 'cell 3, line 2: `...`'."""
+    frames = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if not os.path.abspath(frame.filename).startswith(_OUR_DIRS)
+    ]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    line = (frame.line or linecache.getline(frame.filename, frame.lineno)).strip()
+    place = frame.filename.strip("<>") + ", " if frame.filename.startswith("<cell") else ""
+    return f"{place}line {frame.lineno}: `{line}`"
+
+
+def plain(value):
+    """Copy probe data into plain, picklable types: exact torch.Tensor, int, float, str, list, dict."""
+    if isinstance(value, torch.Tensor):
+        with torch._C.DisableTorchFunctionSubclass():
+            return torch.Tensor.as_subclass(value, torch.Tensor).detach().cpu().clone()
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, (list, tuple, torch.Size)):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {str(key): plain(item) for key, item in value.items()}
+    raise TypeError(f"probe returned a {type(value).__name__}")
+
+
+# --- describing what student code returned -------------------------------------------------
+
+def returned(value) -> dict:
+    """Describe a value returned by student code as plain data the verdict can inspect."""
+    if isinstance(value, torch.Tensor):
+        subclass = None if type(value) is torch.Tensor else type(value).__name__
+        return {"kind": "tensor", "tensor": value, "subclass": subclass}
+    if isinstance(value, bool):
+        return {"kind": "bool", "value": bool(value)}
+    if isinstance(value, int):
+        return {"kind": "int", "value": int.__int__(value)}
+    if type(value).__module__ == "numpy" and hasattr(value, "dtype") and value.dtype.kind in "iu":
+        return {"kind": "int", "value": int(value)}
+    if isinstance(value, float):
+        return {"kind": "float", "value": float.__float__(value)}
+    return {"kind": type(value).__name__, "repr": _short_repr(value)}
+
+
+def _short_repr(value) -> str:
+    try:
+        text = repr(value)
+    except BaseException:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- judging ---------------------------------------------------------------------------------
+
+def judge(check: Check, cases, outcomes: list[Outcome], notes: str = "") -> None:
+    """Raise CheckFailed with feedback unless every case's outcome passes the verdict."""
+    if not outcomes:
+        raise CheckFailed(f"no result came back for `{check.task}`{notes}")
+    for case, outcome in zip(cases, outcomes):
+        status = outcome.get("status") if isinstance(outcome, dict) else None
+        if status != "ok":
+            # cell errors explain a missing name or a dead process, and are noise otherwise
+            context = notes if status in ("undefined", "crashed", "timeout") else ""
+            raise CheckFailed(_explain_status(check, case, outcome) + context)
+        try:
+            check.verdict(case, outcome["data"])
+        except CheckFailed:
+            raise
+        except Exception as error:  # data that is not what the probe returns: someone tampered
+            raise CheckFailed(
+                f"the grader could not read what `{check.task}` produced "
+                f"({type(error).__name__}: {error})"
+            ) from None
+    if len(outcomes) < len(cases):
+        raise CheckFailed(f"only {len(outcomes)} of {len(cases)} results came back for `{check.task}`")
+
+
+def _explain_status(check: Check, case: Case, outcome) -> str:
+    status = outcome.get("status") if isinstance(outcome, dict) else None
+    task = f"`{check.task}`"
+    if status == "undefined":
+        return f"{task} is not defined: run the cell that defines it (or restore it if it was deleted)."
+    if status == "not_implemented":
+        return f"{task} is not implemented yet (it still raises NotImplementedError)."
+    if status == "probe":
+        return f"{outcome['message']} ({describe(case)})"
+    if status == "raised":
+        where = f" at {outcome['where']}" if outcome.get("where") else ""
+        text = f"{task} raised {outcome['type']}{where}: {outcome['message']} ({describe(case)})"
+        hint = check.explain_error(case, outcome)
+        return text + (f"\n  Likely cause: {hint}" if hint else "")
+    if status in ("timeout", "crashed"):
+        return f"{task}: {outcome['message']}"
+    return f"{task}: unreadable result from the sandbox"
+
+
+def describe(case: Case) -> str:
+    """A case in the words a student knows: 'in_features=24, out_features=40, rank=4, x (5, 24)'."""
+    parts = []
+    for key, value in case.items():
+        if key == "seed":
+            continue
+        if key.endswith("_shape"):
+            parts.append(f"{key[:-6]} of shape {tuple(value)}")
+        else:
+            parts.append(f"{key}={value}")
+    return ", ".join(parts)
+
+
+def fail(message: str, case: Case | None = None):
+    raise CheckFailed(message + (f"\n  Probe: {describe(case)}" if case else ""))
+
+
+def shape_str(shape) -> str:
+    return str(tuple(shape))
+
+
+def expect_tensor(data: dict, what: str, case: Case) -> torch.Tensor:
+    """The tensor inside a `returned` description, or a failure naming what came back instead."""
+    if data.get("kind") != "tensor":
+        seen = data.get("value", data.get("repr", data.get("kind")))
+        fail(f"{what} should be a tensor, but it is a {data.get('kind')}: {seen}", case)
+    if data.get("subclass"):
+        fail(f"{what} is a {data['subclass']}, a tensor subclass: return a plain torch.Tensor", case)
+    return data["tensor"]
+
+
+def max_error(seen: torch.Tensor, expected: torch.Tensor) -> float:
+    return (seen.double() - expected.double()).abs().max().item() if seen.numel() else 0.0
+
+
+def is_close(seen: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> bool:
+    """float32 results against a float64 reference, with a tolerance scaled to the values' size."""
+    if seen.shape != expected.shape or not torch.isfinite(seen).all():
+        return False
+    expected = expected.double()
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    return bool(((seen.double() - expected).abs() <= rtol * scale + rtol * expected.abs()).all())
+
+
+def numbers(tensor: torch.Tensor, count: int = 4) -> str:
+    """The first few numbers of a tensor, for feedback."""
+    values = tensor.detach().double().flatten()[:count].tolist()
+    return "[" + ", ".join(f"{value:.4g}" for value in values) + (", ...]" if tensor.numel() > count else "]")
+
+
+def fit_scale(seen: torch.Tensor, expected: torch.Tensor) -> float | None:
+    """The factor c that best explains seen ≈ c·expected, if one does (to spot wrong scalings)."""
+    seen, expected = seen.double().flatten(), expected.double().flatten()
+    norm = (expected @ expected).item()
+    if seen.shape != expected.shape or norm == 0.0:
+        return None
+    factor = (seen @ expected).item() / norm
+    residual = (seen - factor * expected).norm().item()
+    return factor if residual <= 1e-4 * max(1.0, seen.norm().item()) else None
+
+
+def matmul_flops(m: int, n: int, p: int) -> int:
+    """FLOPs of an (m, n) @ (n, p) product as FlopCounterMode counts them: 2 per multiply-add.
+    The verdicts use this rather than FlopCounterMode, whose first use costs seconds;
+    tests/test_flop_reference.py checks that the two agree."""
+    return 2 * m * n * p
+
+
+def count_flops(function, *tensors) -> int:
+    """FLOPs of function(*tensors) as FlopCounterMode counts them (2 per multiply-add)."""
+    with FlopCounterMode(display=False) as counter:
+        function(*tensors)
+    return counter.get_total_flops()
+
+
+# --- inputs: built the same way by the probe (in the child) and the verdict (in the grader) --
+
+def tensor(shape, seed: int, scale: float = 1.0) -> torch.Tensor:
+    """A float32 Gaussian tensor that depends only on shape and seed, never on global state."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(tuple(shape), generator=generator, dtype=torch.float32) * scale
+
+
+def base_linear(in_features: int, out_features: int, seed: int) -> torch.nn.Linear:
+    """A float32 nn.Linear with weights fixed by the seed."""
+    layer = torch.nn.Linear(in_features, out_features, dtype=torch.float32)
+    with torch.no_grad():
+        layer.weight.copy_(tensor((out_features, in_features), seed + 1, in_features ** -0.5))
+        layer.bias.copy_(tensor((out_features,), seed + 2))
+    return layer
+
+
+# --- the nbgrader side -----------------------------------------------------------------------
+
+def run_check(check: Check, namespace: Mapping[str, Any], hidden: bool = False) -> None:
+    """Probe and judge in this process: what an nbgrader test cell (or a student) calls."""
+    __tracebackhide__ = True
+    cases = check.hidden_cases if hidden else check.cases
+    try:
+        judge(check, cases, collect(check, namespace, cases))
+    except CheckFailed as failure:
+        raise CheckFailed(str(failure)) from None
+    print(f"✓ {check.name}: {len(cases)} case{'s' if len(cases) != 1 else ''} passed")

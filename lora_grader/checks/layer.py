@@ -1,0 +1,334 @@
+"""Checks of a LoRALinear class, written once for both ways of storing the adapter.
+
+Notebook 02 stores A and B as nn.Parameters in the math's orientation, (in, r) and (r, out);
+notebook 03 stores them as nn.Linear modules, whose weights are (r, in) and (out, r). A
+`Layout` says which; every check below works in the math's orientation, x @ A @ B.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn as nn
+
+from lora_grader.checks.core import (
+    Check, ProbeError, base_linear, count_flops, fail, fit_scale, is_close,
+    matmul_flops, max_error, numbers, safe_str, shape_str, student_location, tensor,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    name: str  # how the notebook asks for it, for feedback
+    as_linear: bool  # False: nn.Parameter (in, r) and (r, out); True: nn.Linear weights (r, in), (out, r)
+
+    def tensors(self, layer) -> tuple[torch.Tensor, torch.Tensor]:
+        """lora_A and lora_B as stored (the Parameter, or the nn.Linear's weight)."""
+        found = []
+        for attribute in ("lora_A", "lora_B"):
+            value = getattr(layer, attribute, None)
+            if value is None:
+                raise ProbeError(f"LoRALinear has no attribute `{attribute}`: define it in __init__")
+            if self.as_linear:
+                if not isinstance(value, nn.Linear):
+                    raise ProbeError(f"`{attribute}` should be {self.name}, but it is a {type(value).__name__}")
+                value = value.weight
+            elif not isinstance(value, torch.Tensor):
+                raise ProbeError(f"`{attribute}` should be {self.name}, but it is a {type(value).__name__}")
+            found.append(value)
+        return found[0], found[1]
+
+    def stored_shapes(self, d: int, k: int, r: int):
+        return ((r, d), (k, r)) if self.as_linear else ((d, r), (r, k))
+
+    def to_math(self, stored_A: torch.Tensor, stored_B: torch.Tensor):
+        return (stored_A.T, stored_B.T) if self.as_linear else (stored_A, stored_B)
+
+
+def _sizes(case):
+    return case["in_features"], case["out_features"], case["rank"]
+
+
+def _math_adapter(case):
+    """The non-zero A (in, r) and B (r, out) the probes load into the layer."""
+    d, k, r = _sizes(case)
+    return tensor((d, r), case["seed"] + 5, d ** -0.5), tensor((r, k), case["seed"] + 6)
+
+
+def _expected(case, A=None, B=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base output, LoRA term without scaling), float64, for x and the probes' adapter."""
+    d, k, r = _sizes(case)
+    base = base_linear(d, k, case["seed"])
+    x = tensor(case["x_shape"], case["seed"] + 4).double()
+    if A is None:
+        A, B = _math_adapter(case)
+    base_out = x @ base.weight.double().T + base.bias.double()
+    return base_out, (x @ A.double()) @ B.double()
+
+
+def probe_layer(layout: Layout):
+    """Build the student's layer on a known base, read its init, then load a known non-zero
+    adapter and record outputs, gradients and FLOPs."""
+
+    def probe(namespace, case):
+        d, k, r = _sizes(case)
+        torch.manual_seed(case["seed"])
+        base = base_linear(d, k, case["seed"])
+        layer = namespace["LoRALinear"](base, rank=r, alpha=case["alpha"])
+        A, B = layout.tensors(layer)
+        data = {
+            "A_kind": type(A).__name__, "B_kind": type(B).__name__,
+            "A_shape": list(A.shape), "B_shape": list(B.shape),
+            "A_init": A.detach().clone(), "B_init": B.detach().clone(),
+            "scaling": getattr(layer, "scaling", None) if type(getattr(layer, "scaling", None)) in (int, float) else None,
+        }
+        second = namespace["LoRALinear"](base_linear(d, k, case["seed"]), rank=r, alpha=case["alpha"])
+        data["A_init_again"] = layout.tensors(second)[0].detach().clone()
+        if [list(A.shape), list(B.shape)] != [list(s) for s in layout.stored_shapes(d, k, r)]:
+            return data  # the verdicts say which shape is wrong; nothing more can be measured
+        try:
+            _run_forward(layer, A, B, layout, case, data)
+        except NotImplementedError:
+            data["forward_error"] = {"type": "NotImplementedError", "message": "", "where": ""}
+            return data
+        except Exception as error:
+            data["forward_error"] = {"type": type(error).__name__, "message": safe_str(error),
+                                     "where": student_location(error)}
+            return data
+        adapter = {id(A): "lora_A", id(B): "lora_B"}
+        data["parameters"] = [
+            {
+                "name": adapter.get(id(p), name),
+                "adapter": id(p) in adapter,
+                "numel": p.numel(),
+                "requires_grad": p.requires_grad,
+                "grad_norm": None if p.grad is None else p.grad.double().norm().item(),
+            }
+            for name, p in layer.named_parameters()
+        ]
+        data["registered"] = sorted(adapter[id(p)] for p in layer.parameters() if id(p) in adapter)
+        data["adapter_requires_grad"] = [A.requires_grad, B.requires_grad]
+        data["adapter_grad_norms"] = [None if t.grad is None else t.grad.double().norm().item() for t in (A, B)]
+        return data
+
+    return probe
+
+
+def _run_forward(layer, A, B, layout, case, data):
+    x = tensor(case["x_shape"], case["seed"] + 4)
+    with torch.no_grad():
+        data["out_init"] = _tensor_returned(layer(x))
+        A_math, B_math = _math_adapter(case)
+        A.copy_(A_math.T if layout.as_linear else A_math)
+        B.copy_(B_math.T if layout.as_linear else B_math)
+        data["flops"] = count_flops(lambda: layer(x))
+    out = data["out"] = _tensor_returned(layer(x))
+    if out.requires_grad:
+        (out * tensor(out.shape, case["seed"] + 7)).sum().backward()
+
+
+def _tensor_returned(value):
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"forward returned a {type(value).__name__}, not a tensor")
+    return value
+
+
+def _measured(data, key, case):
+    error = data.get("forward_error")
+    if error and error["type"] == "NotImplementedError":
+        fail("LoRALinear.forward is not implemented yet (it still raises NotImplementedError).")
+    if error:
+        where = f" at {error['where']}" if error["where"] else ""
+        hint = ("\n  Likely cause: `*` multiplies elementwise and only runs when shapes broadcast; "
+                "a linear map needs `@`." if "must match the size" in error["message"] else "")
+        fail(f"forward raised {error['type']}{where}: {error['message']}{hint}", case)
+    if key not in data:
+        fail("lora_A or lora_B has the wrong shape, so this could not be measured: "
+             "fix lora_linear_parameters first", case)
+    return data[key]
+
+
+def verdict_parameters(layout: Layout):
+    def verdict(case, data):
+        d, k, r = _sizes(case)
+        for name, kind, shape, expected in zip(
+            ("lora_A", "lora_B"), (data["A_kind"], data["B_kind"]),
+            (data["A_shape"], data["B_shape"]), layout.stored_shapes(d, k, r),
+        ):
+            what = f"{name}.weight" if layout.as_linear else name
+            if tuple(shape) != tuple(expected):
+                hint = ""
+                if tuple(shape) == tuple(reversed(expected)):
+                    hint = (": that is the transposed convention; here it is "
+                            + ("nn.Linear's (out, in)" if layout.as_linear else "x @ A @ B's (in, r) then (r, out)"))
+                fail(f"{what} has shape {shape_str(shape)} but expected {shape_str(expected)}{hint}", case)
+            if not layout.as_linear and kind != "Parameter":
+                fail(f"{name} is a {kind}, not an nn.Parameter: wrap it in nn.Parameter(...) so that "
+                     "the module registers it and an optimizer can train it", case)
+    return verdict
+
+
+def verdict_init(case, data):
+    B, A, A_again = data["B_init"], data["A_init"], data["A_init_again"]
+    if B.count_nonzero().item():
+        fail(f"lora_B should start at exactly zero (so the layer starts as the base layer), "
+             f"but {B.count_nonzero().item()} of its {B.numel()} entries are not zero: {numbers(B)}", case)
+    A = A.double()
+    if not torch.isfinite(A).all() or A.abs().max().item() == 0.0:
+        fail("lora_A is all zeros (or not finite): with A = 0 and B = 0 no gradient ever flows, "
+             "so nothing trains. Draw A from a Gaussian.", case)
+    if torch.equal(A_again, data["A_init"]):
+        fail("lora_A came out identical in two new layers: it should be random, e.g. nn.init.normal_ "
+             "or torch.randn, not a fixed pattern or a fixed seed inside __init__", case)
+    rank = min(A.shape)
+    if torch.linalg.matrix_rank(A).item() < rank:
+        fail(f"lora_A has rank {torch.linalg.matrix_rank(A).item()} but should have full rank {rank}: "
+             "a constant fill (e.g. torch.ones) makes every direction the same", case)
+
+
+def verdict_output_shape(case, data):
+    seen = _measured(data, "out", case)
+    expected = (*case["x_shape"][:-1], case["out_features"])
+    if tuple(seen.shape) != expected:
+        hint = ("it has x's shape: did you multiply elementwise (`*`) instead of with `@`?"
+                if tuple(seen.shape) == tuple(case["x_shape"]) else
+                "the LoRA term must map (…, in) to (…, out) like the base layer.")
+        fail(f"output shape {shape_str(seen.shape)} but expected {shape_str(expected)}: {hint}", case)
+
+
+def verdict_identity_at_init(case, data):
+    seen = _measured(data, "out_init", case)
+    base_out, _ = _expected(case)
+    if not is_close(seen, base_out):
+        fail(f"at initialisation the layer should equal the base layer (B = 0), but the outputs differ "
+             f"by up to {max_error(seen, base_out) if seen.shape == base_out.shape else 'a shape'}: "
+             f"expected {numbers(base_out)}, got {numbers(seen)}. Is lora_B zero, and is nothing "
+             "added besides base(x) + scaling · (x @ A) @ B?", case)
+
+
+def scaling_hint(factor: float, case) -> str:
+    """Name the scaling mistake that makes the LoRA term `factor` times what it should be."""
+    alpha, r = case["alpha"], case["rank"]
+    right = alpha / r
+    for wrong, cause in ((1.0, "no scaling at all"), (alpha, "alpha instead of alpha / rank"),
+                         (r / alpha, "rank / alpha instead of alpha / rank"), (1 / r, "1 / rank, without alpha"),
+                         (right ** 2, "alpha / rank applied twice")):
+        if abs(factor * right - wrong) < 1e-4 * max(1.0, abs(wrong)):
+            return (f"the LoRA term is scaled by {wrong:g} but expected alpha / rank = {right:g} "
+                    f"(alpha={alpha}, rank={r}): that is {cause}")
+    return f"the LoRA term is {factor:.4g} times what it should be: check the scaling alpha / rank = {right:g}"
+
+
+def verdict_values(case, data):
+    seen = _measured(data, "out", case)
+    base_out, term = _expected(case)
+    expected = base_out + case["alpha"] / case["rank"] * term
+    if seen.shape != expected.shape:
+        fail(f"output shape {shape_str(seen.shape)} but expected {shape_str(expected.shape)}: "
+             "fix the shape first (see the output shape check)", case)
+    if is_close(seen, expected):
+        return
+    message = (f"with a non-zero lora_B, the output differs from base(x) + (alpha/rank) · (x @ A) @ B "
+               f"by up to {max_error(seen, expected):.3g}: expected {numbers(expected)}, got {numbers(seen)}")
+    factor = fit_scale(seen.double() - base_out, term)
+    if factor is not None:
+        message += ". " + scaling_hint(factor, case)
+    elif is_close(seen, base_out):
+        message += ". The output is just base(x): the LoRA term is never added"
+    fail(message, case)
+
+
+def verdict_scaling(case, data):
+    alpha, r = case["alpha"], case["rank"]
+    if data["scaling"] is not None and abs(data["scaling"] - alpha / r) > 1e-9:
+        fail(f"self.scaling is {data['scaling']:g} but should be alpha / rank = {alpha / r:g} "
+             f"(alpha={alpha}, rank={r})", case)
+    seen = _measured(data, "out", case)
+    base_out, term = _expected(case)
+    if seen.shape != base_out.shape:
+        fail("the output has the wrong shape, so its scaling cannot be measured: fix the shape first", case)
+    factor = fit_scale(seen.double() - base_out, term)
+    if factor is None:
+        fail("the output minus base(x) is not a multiple of (x @ A) @ B, so there is no single scaling "
+             "to measure: fix the values first", case)
+    if abs(factor - alpha / r) > 1e-4 * max(1.0, alpha / r):
+        fail(scaling_hint(factor, case), case)
+
+
+def verdict_base_frozen(case, data):
+    for parameter in _measured(data, "parameters", case):
+        if parameter["adapter"]:
+            continue
+        if parameter["requires_grad"]:
+            fail(f"{parameter['name']} still requires grad, so the optimizer would train the base layer. "
+                 "Note `module.requires_grad = False` only sets an attribute; use "
+                 "`base_layer.requires_grad_(False)` or set it on every parameter.", case)
+        if parameter["grad_norm"] is not None:
+            fail(f"{parameter['name']} received a gradient in backward: the base must be frozen", case)
+
+
+def verdict_trainable(case, data):
+    d, k, r = _sizes(case)
+    names = ("lora_A", "lora_B")
+    registered = _measured(data, "registered", case)
+    for name in names:
+        if name not in registered:
+            fail(f"{name} is not a parameter of the module (it is missing from layer.parameters()), "
+                 "so an optimizer never sees it: make it an nn.Parameter (or nn.Linear) attribute", case)
+    for name, requires, norm in zip(names, data["adapter_requires_grad"], data["adapter_grad_norms"]):
+        if not requires:
+            fail(f"{name} does not require grad, so it never trains", case)
+        if norm is None or norm == 0.0:
+            fail(f"{name} received {'no' if norm is None else 'a zero'} gradient with a non-zero lora_B: "
+                 "is it used in forward (and not detached)?", case)
+    trainable = [p for p in data["parameters"] if p["requires_grad"]]
+    count = sum(p["numel"] for p in trainable)
+    if count != r * (d + k):
+        extra = [p["name"] for p in trainable if not p["adapter"]]
+        fail(f"{count:,} trainable numbers but expected r · (in + out) = {r} · ({d} + {k}) = {r * (d + k):,}"
+             + (f"; also trainable: {', '.join(extra)}" if extra else ""), case)
+
+
+def verdict_flops(case, data):
+    flops = _measured(data, "flops", case)
+    d, k, r = _sizes(case)
+    tokens = math.prod(case["x_shape"][:-1])
+    budget = matmul_flops(tokens, d, k) + matmul_flops(tokens, d, r) + matmul_flops(tokens, r, k)
+    if flops > budget:
+        fail(f"forward used {flops:,} FLOPs but base + (x @ A) @ B needs only {budget:,}: "
+             f"is an in × out = {d}×{k} matrix formed from A and B? Apply A, then B, to x.", case)
+
+
+def layer_checks(layout: Layout, cases, hidden_cases, points: dict[str, int]) -> tuple[Check, ...]:
+    """The LoRALinear checks, in the order a student should fix them."""
+    probe = probe_layer(layout)
+    verdicts = {
+        "lora_linear_parameters": verdict_parameters(layout),
+        "lora_linear_init": verdict_init,
+        "lora_linear_output_shape": verdict_output_shape,
+        "lora_linear_identity_at_init": verdict_identity_at_init,
+        "lora_linear_values": verdict_values,
+        "lora_linear_scaling": verdict_scaling,
+        "lora_linear_base_frozen": verdict_base_frozen,
+        "lora_linear_trainable": verdict_trainable,
+        "lora_linear_flops": verdict_flops,
+    }
+    return tuple(
+        Check(name, "LoRALinear", points[name], probe, verdict, cases, hidden_cases)
+        for name, verdict in verdicts.items()
+    )
+
+
+def layer_cases(shapes, seeds):
+    """Cases from (in, out, rank, alpha, x_shape) tuples: keep them non-square with alpha != rank."""
+    return tuple(
+        {"in_features": d, "out_features": k, "rank": r, "alpha": alpha, "x_shape": x_shape, "seed": seed}
+        for (d, k, r, alpha, x_shape), seed in zip(shapes, seeds)
+    )
+
+
+CASES = layer_cases([(12, 20, 4, 6, (5, 12)), (16, 6, 2, 3, (2, 3, 16))], seeds=(100, 110))
+HIDDEN_CASES = layer_cases(
+    [(10, 14, 3, 1, (2, 2, 3, 10)), (20, 8, 5, 8, (7, 20)), (9, 9, 2, 5, (4, 9))], seeds=(120, 130, 140)
+)

@@ -1,0 +1,220 @@
+"""Checks for notebook 01: the elementwise attempt, and the LoRA term done right."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from lora_grader.checks.core import (
+    Check, ProbeError, base_linear, count_flops, expect_tensor, fail, fit_scale, is_close,
+    matmul_flops, max_error, numbers, returned, shape_str, tensor,
+)
+
+MANUAL_POINTS = {"why_zero_init_hides_the_bug": 2}
+
+
+class ElementwiseLoRALinear(nn.Module):
+    """Attempt #1 from the challenge, verbatim but for its name. The grader's own copy."""
+
+    def __init__(self, base_layer, rank=4, alpha=1):
+        super().__init__()
+        self.base_layer = base_layer
+        self.rank = rank
+        self.alpha = alpha
+        self.scaling = alpha / rank
+        in_features = base_layer.in_features
+        out_features = base_layer.out_features
+        self.lora_A = nn.Parameter(torch.randn(in_features, self.rank))
+        self.lora_B = nn.Parameter(torch.zeros(self.rank, out_features))
+        for param in self.base_layer.parameters():
+            param.requires_grad = False
+
+    def forward(self, x):
+        x = self.base_layer(x) + self.scaling * (self.lora_A @ self.lora_B) * x
+        return x
+
+
+# --- silent_failure_case ---------------------------------------------------------------------
+
+SIZE_KEYS = ("in_features", "out_features", "rank")
+MAX_ELEMENTS = 1_000_000
+
+
+def _read_case_spec(spec) -> dict:
+    if not isinstance(spec, dict):
+        raise ProbeError(f"silent_failure_case() should return a dict, but returned a {type(spec).__name__}")
+    missing = [key for key in SIZE_KEYS + ("x_shape",) if key not in spec]
+    if missing:
+        raise ProbeError(f"silent_failure_case() returned a dict without {', '.join(missing)}")
+    sizes = {}
+    for key in SIZE_KEYS:
+        value = spec[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
+            raise ProbeError(f"{key} should be a whole number from 1 to 4096, not {value!r}")
+        sizes[key] = int(value)
+    shape = spec["x_shape"]
+    if not isinstance(shape, (tuple, list, torch.Size)) or not shape or not all(
+        isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape
+    ):
+        raise ProbeError(f"x_shape should be a tuple of positive whole numbers, like (5, 8), not {shape!r}")
+    if torch.Size(shape).numel() > MAX_ELEMENTS:
+        raise ProbeError(f"x_shape {tuple(shape)} is too big: keep x under {MAX_ELEMENTS:,} numbers")
+    return {**sizes, "x_shape": [int(n) for n in shape]}
+
+
+def _probe_silent_failure_case(namespace, case):
+    spec = _read_case_spec(namespace["silent_failure_case"]())
+    torch.manual_seed(case["seed"])
+    layer = ElementwiseLoRALinear(
+        base_linear(spec["in_features"], spec["out_features"], case["seed"]), spec["rank"]
+    )
+    with torch.no_grad():
+        layer.lora_B.copy_(tensor((spec["rank"], spec["out_features"]), case["seed"] + 3))
+    x = tensor(spec["x_shape"], case["seed"] + 4)
+    try:
+        with torch.no_grad():
+            output, error = layer(x), ""
+    except Exception as exception:
+        output, error = None, f"{type(exception).__name__}: {exception}"
+    return {"spec": spec, "lora_A": layer.lora_A, "output": output, "error": error}
+
+
+def _verdict_silent_failure_case(case, data):
+    spec = data["spec"]
+    d, k, r, x_shape = spec["in_features"], spec["out_features"], spec["rank"], spec["x_shape"]
+    if x_shape[-1] != d:
+        fail(f"x_shape {tuple(x_shape)} is not an input to a layer with in_features={d}: "
+             "the last dimension of x must be in_features, or even the base layer fails")
+    if data["error"]:
+        fail(f"Attempt #1 raised an exception with these sizes ({data['error']}), so the bug is loud "
+             "here. Find sizes where `(A @ B) * x` broadcasts: which shapes can `*` line up "
+             f"against (in_features, out_features) = ({d}, {k})?")
+    seed = case["seed"]
+    base = base_linear(d, k, seed)
+    x = tensor(x_shape, seed + 4).double()
+    A, B = data["lora_A"].double(), tensor((r, k), seed + 3).double()
+    expected = x @ base.weight.double().T + base.bias.double() + (1 / r) * (x @ A) @ B
+    seen = data["output"]
+    if seen.shape == expected.shape and is_close(seen, expected):
+        fail(f"Attempt #1 gave the right answer for in_features={d}, out_features={k}, "
+             f"x_shape={tuple(x_shape)}: that is not a failure. Look for sizes where it runs "
+             "but computes something else.")
+
+
+# --- lora_update ---------------------------------------------------------------------------
+
+def _inputs(case):
+    d, k, r, seed = case["in_features"], case["out_features"], case["rank"], case["seed"]
+    x = tensor(case["x_shape"], seed)
+    return x, tensor((d, r), seed + 1), tensor((r, k), seed + 2)
+
+
+def _expected_update(case) -> torch.Tensor:
+    x, A, B = (t.double() for t in _inputs(case))
+    return case["scaling"] * ((x @ A) @ B)
+
+
+def _probe_lora_update(namespace, case):
+    x, A, B = _inputs(case)
+    return returned(namespace["lora_update"](x, A, B, case["scaling"]))
+
+
+def _shape_hint(seen, case) -> str:
+    x_shape = tuple(case["x_shape"])
+    d, k = case["in_features"], case["out_features"]
+    if tuple(seen) == x_shape:
+        return "the output has x's shape: did you multiply elementwise (`*`) instead of with `@`?"
+    if tuple(seen) in ((d, k), (k, d)):
+        return "the output is a weight-sized matrix: x was never multiplied in (or only elementwise)."
+    if tuple(seen[-1:]) == (case["rank"],):
+        return "the last dimension is the rank: the result of x @ A still needs `@ B`."
+    if len(seen) != len(x_shape):
+        return "the leading dimensions of x were lost: use `@`, which keeps them, rather than reshaping."
+    return "check the order of the matrix products: x (…, in) @ A (in, r) @ B (r, out)."
+
+
+def _explain_update_error(case, outcome) -> str | None:
+    message = outcome.get("message", "")
+    if "must match the size" in message or "broadcast" in message:
+        return "`*` is elementwise and needs broadcastable shapes; a linear map needs `@`."
+    if "cannot be multiplied" in message or "mat1 and mat2" in message:
+        return "the inner sizes must agree: (x @ A) is (…, r), and (…, r) @ B (r, out) gives (…, out)."
+    return None
+
+
+def _verdict_lora_update_shape(case, data):
+    seen = expect_tensor(data, "lora_update's result", case)
+    expected = (*case["x_shape"][:-1], case["out_features"])
+    if tuple(seen.shape) != expected:
+        fail(f"output shape {shape_str(seen.shape)} but expected {shape_str(expected)}: "
+             + _shape_hint(seen.shape, case), case)
+
+
+def _verdict_lora_update_values(case, data):
+    seen = expect_tensor(data, "lora_update's result", case)
+    expected = _expected_update(case)
+    if seen.shape != expected.shape:
+        fail(f"output shape {shape_str(seen.shape)} but expected {shape_str(expected.shape)}: "
+             "fix the shape first (see lora_update_shape)", case)
+    if is_close(seen, expected):
+        return
+    message = (f"values differ from scaling · (x @ A) @ B by up to {max_error(seen, expected):.3g}: "
+               f"expected {numbers(expected)}, got {numbers(seen)}")
+    factor = fit_scale(seen, expected)
+    if factor is not None:
+        s = case["scaling"]
+        if abs(factor * s - 1) < 1e-4:
+            message += f". Your result is 1/scaling = {1 / s:g} times the expected one: was scaling never applied?"
+        elif abs(factor - s) < 1e-4:
+            message += f". Your result is scaling = {s:g} times too big: was scaling applied twice?"
+        else:
+            message += f". Your result is {factor:.4g} times the expected one: check the scaling."
+    fail(message, case)
+
+
+def _probe_lora_update_flops(namespace, case):
+    x, A, B = _inputs(case)
+    update = namespace["lora_update"]
+    return {"flops": count_flops(lambda: update(x, A, B, case["scaling"]))}
+
+
+def _verdict_lora_update_flops(case, data):
+    d, k, r = case["in_features"], case["out_features"], case["rank"]
+    tokens = math.prod(case["x_shape"][:-1])
+    factored = matmul_flops(tokens, d, r) + matmul_flops(tokens, r, k)
+    if data["flops"] > factored:
+        fail(f"lora_update used {data['flops']:,} FLOPs, but (x @ A) @ B needs only {factored:,}: "
+             f"did you form A @ B, a {d}×{k} matrix, first? Multiply x by A, then by B.", case)
+
+
+def _cases(shapes, seeds, scalings):
+    return tuple(
+        {"in_features": d, "out_features": k, "rank": r, "scaling": s, "x_shape": x_shape, "seed": seed}
+        for (d, k, r, x_shape), seed, s in zip(shapes, seeds, scalings)
+    )
+
+
+UPDATE_CASES = _cases(
+    [(12, 20, 4, (5, 12)), (16, 6, 2, (2, 3, 16)), (8, 24, 3, (2, 2, 3, 8))],
+    seeds=(0, 10, 20), scalings=(0.375, 2.5, 1.75),
+)
+UPDATE_HIDDEN = _cases(
+    [(20, 12, 5, (7, 20)), (10, 10, 1, (3, 4, 10)), (6, 30, 2, (1, 2, 2, 6))],
+    seeds=(30, 40, 50), scalings=(0.25, 3.0, 0.5),
+)
+FLOP_CASES = _cases([(24, 40, 2, (3, 24))], seeds=(60,), scalings=(0.5,))
+FLOP_HIDDEN = _cases([(48, 32, 4, (2, 5, 48))], seeds=(70,), scalings=(2.0,))
+
+CHECKS = (
+    Check("silent_failure_case", "silent_failure_case", 2,
+          _probe_silent_failure_case, _verdict_silent_failure_case,
+          cases=({"seed": 0},), hidden_cases=({"seed": 1},)),
+    Check("lora_update_shape", "lora_update", 1, _probe_lora_update, _verdict_lora_update_shape,
+          UPDATE_CASES, UPDATE_HIDDEN, _explain_update_error),
+    Check("lora_update_values", "lora_update", 2, _probe_lora_update, _verdict_lora_update_values,
+          UPDATE_CASES, UPDATE_HIDDEN, _explain_update_error),
+    Check("lora_update_never_forms_AB", "lora_update", 1,
+          _probe_lora_update_flops, _verdict_lora_update_flops, FLOP_CASES, FLOP_HIDDEN,
+          _explain_update_error),
+)

@@ -1,0 +1,157 @@
+"""The grader: sends notebooks to the sandbox, then judges what comes back, in this process.
+
+Nothing the student wrote runs here. The sandbox returns plain data; the verdicts compute
+every expected value themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from lora_grader.checks import NOTEBOOKS, checks_of
+from lora_grader.checks.core import Check, CheckFailed, judge
+from lora_grader.notebook import NotebookUnreadable, code_cells
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Timeouts:
+    cell: float = 20.0  # one cell of the student's notebook
+    check: float = 20.0  # one check's probe, all its cases
+    notebook: float = 120.0  # everything for one notebook (notebooks run side by side)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    notebook: str
+    check: Check
+    message: str  # empty when passed
+
+    @property
+    def passed(self) -> bool:
+        return not self.message
+
+    @property
+    def points(self) -> int:
+        return self.check.points if self.passed else 0
+
+
+class Sandbox:
+    """One sandbox process. Start it early: it imports torch while the caller does other work."""
+
+    def __init__(self) -> None:
+        self.outdir = Path(tempfile.mkdtemp(prefix="lora-grading-"))
+        env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
+        with open(self.outdir / "sandbox.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lora_grader.sandbox", str(self.outdir)],
+                stdin=subprocess.PIPE, stdout=log, stderr=log, cwd=self.outdir, env=env,
+                start_new_session=True,  # one process group: every descendant is killed at the end
+            )
+
+    def grade(self, notebook_dir: Path, keys, timeouts: Timeouts = Timeouts()) -> dict[str, list[CheckResult]]:
+        keys = sorted(keys)
+        specs, unreadable = [], {}
+        for key in keys:
+            try:
+                cells = code_cells(Path(notebook_dir) / NOTEBOOKS[key].filename)
+            except NotebookUnreadable as error:
+                unreadable[key] = str(error)
+                continue
+            specs.append({"key": key, "cells": cells, "checks": [c.name for c in checks_of(key)]})
+        job = {
+            "notebooks": specs,
+            "cell_timeout": timeouts.cell,
+            "check_timeout": timeouts.check,
+            "notebook_timeout": timeouts.notebook,
+        }
+        try:
+            self.process.stdin.write((json.dumps(job) + "\n").encode())
+            self.process.stdin.close()
+            self.process.wait(timeout=timeouts.notebook + 60)
+        except (subprocess.TimeoutExpired, BrokenPipeError):
+            pass
+        finally:
+            self.close(keep_files=True)
+        return {key: self._judge(key, unreadable.get(key)) for key in keys}
+
+    def _judge(self, key: str, unreadable: str | None) -> list[CheckResult]:
+        out = self.outdir / key
+        notes = "" if unreadable else _cell_error_notes(out / "cells.json")
+        ended = unreadable or _how_notebook_ended(out / "status.json")
+        results = []
+        for check in checks_of(key):
+            outcomes = _read_outcomes(out / f"{check.name}.pt", ended)
+            try:
+                judge(check, check.all_cases, outcomes, notes)
+                message = ""
+            except CheckFailed as failure:
+                message = str(failure)
+            results.append(CheckResult(key, check, message))
+        return results
+
+    def close(self, keep_files: bool = False) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+        if not keep_files:
+            shutil.rmtree(self.outdir, ignore_errors=True)
+
+
+def grade(notebook_dir: Path, keys=None, timeouts: Timeouts = Timeouts()) -> dict[str, list[CheckResult]]:
+    """Grade the notebooks in a folder: {"01": [CheckResult, ...], ...}."""
+    sandbox = Sandbox()
+    try:
+        return sandbox.grade(notebook_dir, keys or NOTEBOOKS, timeouts)
+    finally:
+        sandbox.close()
+
+
+def _read_outcomes(path: Path, ended: str) -> list[dict]:
+    if not path.exists():
+        return [{"status": "crashed", "message": ended or "no result came back from the sandbox"}]
+    try:
+        outcomes = torch.load(path, weights_only=True)  # plain data only: no code can ride along
+    except Exception as error:
+        return [{"status": "crashed", "message": f"its result could not be read ({type(error).__name__})"}]
+    return outcomes if isinstance(outcomes, list) else []
+
+
+def _how_notebook_ended(path: Path) -> str:
+    """Why a check may have no result, from how the notebook's process ended."""
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "the notebook was still running when the grader's time ran out"
+    how, code = status.get("how"), status.get("code")
+    if how == "timeout":
+        return "the notebook's code did not finish in time: is there an endless loop that ignores interrupts?"
+    if how == "signal":
+        return f"the notebook's process was killed by signal {code}: a crash, or out of memory?"
+    if how == "exited" and code:
+        return f"the notebook's process ended early with exit code {code} (an exit call at top level?)"
+    return ""
+
+
+def _cell_error_notes(path: Path) -> str:
+    try:
+        errors = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    return "".join(
+        f"\n  Note: code cell {error['cell']} of the notebook raised {error['type']}: {error['message']}"
+        for error in errors[:3]
+    )

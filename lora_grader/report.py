@@ -1,0 +1,42 @@
+"""The closing table: each task's points, earned out of possible, and what to fix next."""
+from __future__ import annotations
+
+from itertools import groupby
+
+from lora_grader.checks import NOTEBOOKS
+
+
+def first_line(message: str) -> str:
+    line = message.splitlines()[0] if message else ""
+    return line if len(line) <= 100 else line[:97] + "..."
+
+
+def points_table(results, notebook_dir=None) -> str:
+    """A plain-text table of tasks, in notebook order, from a list of CheckResult."""
+    rows = [("notebook", "task", "points", "next to fix")]
+    earned = possible = 0
+    first_failure = None
+    for key, of_notebook in groupby(sorted(results, key=lambda r: r.notebook), key=lambda r: r.notebook):
+        for task, of_task in groupby(of_notebook, key=lambda r: r.check.task):
+            of_task = list(of_task)
+            got = sum(r.points for r in of_task)
+            out_of = sum(r.check.points for r in of_task)
+            failed = next((r for r in of_task if not r.passed), None)
+            earned, possible = earned + got, possible + out_of
+            if failed and first_failure is None:
+                first_failure = failed
+            rows.append((key, task, f"{got}/{out_of}",
+                         f"{failed.check.name}: {first_line(failed.message)}" if failed else "done"))
+        for task, points in NOTEBOOKS[key].module.MANUAL_POINTS.items():
+            rows.append((key, task, f"–/{points}", "written answer, graded by your instructor"))
+    rows.append(("", "total (autograded)", f"{earned}/{possible}", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3]
+             for row in rows]
+    lines.insert(1, "-" * min(120, max(len(line) for line in lines)))
+    if notebook_dir is not None:
+        lines.insert(0, f"graded: {notebook_dir}")
+    if first_failure is not None:
+        lines.append(f"Next: notebook {first_failure.notebook}, {first_failure.check.name}. "
+                     f"Re-run just that with: pytest autograder -k {first_failure.check.name}")
+    return "\n".join(line.rstrip() for line in lines)
