@@ -61,33 +61,43 @@ class Sandbox:
             )
 
     def grade(self, notebook_dir: Path, keys, timeouts: Timeouts = Timeouts()) -> dict[str, list[CheckResult]]:
-        keys = sorted(keys)
+        """Grade the course notebooks `keys` found in one folder: {"01": [CheckResult, ...]}."""
+        return self.grade_jobs(
+            {key: (key, Path(notebook_dir) / NOTEBOOKS[key].filename) for key in sorted(keys)}, timeouts
+        )
+
+    def grade_jobs(self, jobs: dict[str, tuple[str, Path]], timeouts: Timeouts = Timeouts()) -> dict[str, list[CheckResult]]:
+        """Grade many notebooks in one sandbox: jobs maps an id to (notebook key, path)."""
         specs, unreadable = [], {}
-        for key in keys:
+        for job_id, (key, path) in jobs.items():
             try:
-                cells = code_cells(Path(notebook_dir) / NOTEBOOKS[key].filename)
+                cells = code_cells(path)
             except NotebookUnreadable as error:
-                unreadable[key] = str(error)
+                unreadable[job_id] = str(error)
                 continue
-            specs.append({"key": key, "cells": cells, "checks": [c.name for c in checks_of(key)]})
+            specs.append({"id": job_id, "key": key, "cells": cells, "checks": [c.name for c in checks_of(key)]})
         job = {
             "notebooks": specs,
+            "parallel": max(2, os.cpu_count() or 1),
             "cell_timeout": timeouts.cell,
             "check_timeout": timeouts.check,
             "notebook_timeout": timeouts.notebook,
         }
+        waves = -(-len(specs) // job["parallel"])
         try:
             self.process.stdin.write((json.dumps(job) + "\n").encode())
             self.process.stdin.close()
-            self.process.wait(timeout=timeouts.notebook + 60)
+            self.process.wait(timeout=waves * timeouts.notebook + 60)
         except (subprocess.TimeoutExpired, BrokenPipeError):
             pass
         finally:
             self.close(keep_files=True)
-        return {key: self._judge(key, unreadable.get(key)) for key in keys}
+        return {
+            job_id: self._judge(key, self.outdir / job_id, unreadable.get(job_id))
+            for job_id, (key, _) in jobs.items()
+        }
 
-    def _judge(self, key: str, unreadable: str | None) -> list[CheckResult]:
-        out = self.outdir / key
+    def _judge(self, key: str, out: Path, unreadable: str | None) -> list[CheckResult]:
         notes = "" if unreadable else _cell_error_notes(out / "cells.json")
         ended = unreadable or _how_notebook_ended(out / "status.json")
         results = []

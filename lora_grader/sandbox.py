@@ -1,12 +1,12 @@
 """The sandbox: where student code runs, away from the grader.
 
 `python -m lora_grader.sandbox OUTDIR` imports torch and the checks, then reads one job (a JSON
-line) from stdin. Importing first lets the grader start the sandbox before it knows what to
+line) from stdin: notebooks to run, each with an id, at most `parallel` at a time. Importing first lets the grader start the sandbox before it knows what to
 grade. Each notebook runs in a process forked from here, and each check's probe in a process
 forked from the notebook's, so an exit, a crash or a hang costs only the check (or notebook)
-it happens in. Everything comes back as files in OUTDIR: `<key>/<check>.pt` (plain data, read
-with `torch.load(weights_only=True)`), `<key>/cells.json` (cells that raised) and
-`<key>/status.json` (how the notebook's process ended).
+it happens in. Everything comes back as files in OUTDIR: `<id>/<check>.pt` (plain data, read
+with `torch.load(weights_only=True)`), `<id>/cells.json` (cells that raised) and
+`<id>/status.json` (how the notebook's process ended).
 """
 from __future__ import annotations
 
@@ -58,19 +58,25 @@ def _save_outcomes(path: Path, outcomes) -> None:
     tmp.replace(path)
 
 
+def _reap(pid: int, deadline: float) -> tuple[str, int] | None:
+    """How a child ended ('exited'|'signal'|'timeout', code), killing it past the deadline;
+    None while it still runs."""
+    done, status = _waitpid(pid, os.WNOHANG)
+    if done:
+        if os.WIFSIGNALED(status):
+            return "signal", os.WTERMSIG(status)
+        return "exited", os.WEXITSTATUS(status)
+    if _monotonic() > deadline:
+        _kill(pid, signal.SIGKILL)
+        _waitpid(pid, 0)
+        return "timeout", 0
+    return None
+
+
 def _wait(pid: int, deadline: float) -> tuple[str, int]:
-    """Wait for a child until the deadline, killing it then: ('exited'|'signal'|'timeout', code)."""
-    while True:
-        done, status = _waitpid(pid, os.WNOHANG)
-        if done:
-            if os.WIFSIGNALED(status):
-                return "signal", os.WTERMSIG(status)
-            return "exited", os.WEXITSTATUS(status)
-        if _monotonic() > deadline:
-            _kill(pid, signal.SIGKILL)
-            _waitpid(pid, 0)
-            return "timeout", 0
+    while (ended := _reap(pid, deadline)) is None:
         _sleep(0.002)
+    return ended
 
 
 def _on_alarm(signum, frame):
@@ -151,21 +157,24 @@ def main(outdir: str) -> None:
     if not line.strip():
         return
     job = json.loads(line)
-    children = {}
-    for spec in job["notebooks"]:
-        out = Path(outdir) / spec["key"]
-        out.mkdir(parents=True, exist_ok=True)
-        pid = _fork()
-        if pid == 0:
-            try:
-                run_notebook(job, spec, out)
-            finally:
-                _exit(0)
-        children[pid] = out
-    deadline = _monotonic() + job["notebook_timeout"]
-    for pid, out in children.items():
-        how, code = _wait(pid, deadline)
-        _write_json(out / "status.json", {"how": how, "code": code})
+    pending, running = list(job["notebooks"]), {}
+    while pending or running:
+        while pending and len(running) < job["parallel"]:
+            spec = pending.pop(0)
+            out = Path(outdir) / spec["id"]
+            out.mkdir(parents=True, exist_ok=True)
+            pid = _fork()
+            if pid == 0:
+                try:
+                    run_notebook(job, spec, out)
+                finally:
+                    _exit(0)
+            running[pid] = (out, _monotonic() + job["notebook_timeout"])
+        for pid, (out, deadline) in list(running.items()):
+            if ended := _reap(pid, deadline):
+                _write_json(out / "status.json", {"how": ended[0], "code": ended[1]})
+                del running[pid]
+        _sleep(0.002)
 
 
 if __name__ == "__main__":

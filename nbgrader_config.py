@@ -1,0 +1,28 @@
+"""nbgrader, configured for this course. Run every nbgrader command from this folder."""
+c = get_config()  # noqa: F821 (provided by nbgrader)
+
+# Our folders: solutions/ holds the instructor's notebooks, course/ the released ones.
+c.CourseDirectory.root = "."
+c.CourseDirectory.source_directory = "solutions"
+c.CourseDirectory.release_directory = "course"
+c.CourseDirectory.db_assignments = [dict(name="lora")]
+
+# Files a student submits beside the notebooks are not copied for grading: a torch.py or
+# lora_grader.py there would shadow the real module when the tests import it.
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "*.py", "*.so", "*.pth"]
+
+# Every notebook runs in the course's Python kernel; one cell may take at most a minute.
+c.Execute.kernel_name = "python3"
+c.Execute.timeout = 60
+c.Execute.interrupt_on_timeout = True
+
+# A test cell scores zero when it has any stderr output. Warnings a correct answer emits
+# (a deprecation in a library, a UserWarning) must not cost points: the tests fail by raising.
+c.IgnorePattern.pattern = r"[\s\S]*"
+
+# A test cell a student deleted is put back and graded.
+c.OverwriteCells.add_missing_cells = True
+
+# Matplotlib draws without a display while grading.
+c.Execute.extra_arguments = ["--HistoryManager.hist_file=:memory:"]
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
