@@ -207,17 +207,17 @@ def verdict_identity_at_init(case, data):
              "added besides base(x) + scaling · (x @ A) @ B?", case)
 
 
-def scaling_hint(factor: float, case) -> str:
-    """Name the scaling mistake that makes the LoRA term `factor` times what it should be."""
+def scaling_hint(measured: float, case) -> str:
+    """Name the mistake that scales the LoRA term by `measured` instead of alpha / rank."""
     alpha, r = case["alpha"], case["rank"]
     right = alpha / r
     for wrong, cause in ((1.0, "no scaling at all"), (alpha, "alpha instead of alpha / rank"),
                          (r / alpha, "rank / alpha instead of alpha / rank"), (1 / r, "1 / rank, without alpha"),
                          (right ** 2, "alpha / rank applied twice")):
-        if abs(factor * right - wrong) < 1e-4 * max(1.0, abs(wrong)):
-            return (f"the LoRA term is scaled by {wrong:g} but expected alpha / rank = {right:g} "
+        if abs(measured - wrong) < 1e-4 * max(1.0, abs(wrong)):
+            return (f"the LoRA term is scaled by {measured:g} but expected alpha / rank = {right:g} "
                     f"(alpha={alpha}, rank={r}): that is {cause}")
-    return f"the LoRA term is {factor:.4g} times what it should be: check the scaling alpha / rank = {right:g}"
+    return f"the LoRA term is scaled by {measured:.4g} but expected alpha / rank = {right:g}"
 
 
 def verdict_values(case, data):

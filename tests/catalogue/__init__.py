@@ -1,0 +1,104 @@
+"""A catalogue of submissions: realistic bugs, each with the check that must catch it and the
+words its feedback must use, and correct answers written differently, each worth full marks.
+
+An entry swaps the source of solution cells (by nbgrader grade_id) in an otherwise complete,
+correct submission, so each entry tests exactly one mistake or one variation.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+from pathlib import Path
+
+from lora_grader.checks import NOTEBOOKS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str  # unique; also the nbgrader student id
+    notebook: str  # "01"
+    cells: dict  # grade_id of a solution cell -> the source the student wrote there
+    caught_by: str | None = None  # the first check that fails; None for a correct variant
+    says: str = ""  # words (case-insensitive) the feedback of `caught_by` must contain
+    extra_cells: tuple = ()  # scratch code cells the student added at the end
+
+    @property
+    def is_bug(self) -> bool:
+        return self.caught_by is not None
+
+
+def bug(name, notebook, cells, caught_by, says, extra_cells=()) -> Entry:
+    return Entry(name, notebook, cells, caught_by, says, tuple(extra_cells))
+
+
+def variant(name, notebook, cells, extra_cells=()) -> Entry:
+    return Entry(name, notebook, cells, None, "", tuple(extra_cells))
+
+
+def _entries() -> list[Entry]:
+    entries = []
+    for key in NOTEBOOKS:
+        try:
+            module = importlib.import_module(f"catalogue.nb{key}")
+        except ModuleNotFoundError:
+            continue
+        entries.extend(module.ENTRIES)
+    names = [entry.name for entry in entries]
+    assert len(names) == len(set(names)), "catalogue names must be unique"
+    return entries
+
+
+ENTRIES = _entries()
+BUGS = [entry for entry in ENTRIES if entry.is_bug]
+VARIANTS = [entry for entry in ENTRIES if not entry.is_bug]
+
+
+def _grade_id(cell) -> str | None:
+    return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+
+
+def complete_submission(key: str) -> dict:
+    """The released notebook as a student who solved everything hands it in."""
+    filename = NOTEBOOKS[key].filename
+    release = json.loads((ROOT / "course" / "lora" / filename).read_text())
+    solutions = json.loads((ROOT / "solutions" / "lora" / filename).read_text())
+    answers = {
+        _grade_id(cell): cell["source"]
+        for cell in solutions["cells"]
+        if cell.get("metadata", {}).get("nbgrader", {}).get("solution")
+    }
+    for cell in release["cells"]:
+        if _grade_id(cell) in answers:
+            cell["source"] = _strip_markers(answers[_grade_id(cell)])
+    return release
+
+
+def _strip_markers(source) -> str:
+    text = "".join(source) if isinstance(source, list) else source
+    return "".join(
+        line for line in text.splitlines(True) if line.strip() not in ("### BEGIN SOLUTION", "### END SOLUTION")
+    )
+
+
+def write_submission(entry: Entry, folder: Path) -> Path:
+    """Write the entry's notebook into `folder`; returns its path."""
+    notebook = complete_submission(entry.notebook)
+    found = set()
+    for cell in notebook["cells"]:
+        if _grade_id(cell) in entry.cells:
+            cell["source"] = entry.cells[_grade_id(cell)].strip("\n") + "\n"
+            found.add(_grade_id(cell))
+    missing = set(entry.cells) - found
+    assert not missing, f"{entry.name}: no solution cell {missing} in notebook {entry.notebook}"
+    for number, source in enumerate(entry.extra_cells):
+        notebook["cells"].append({
+            "cell_type": "code", "execution_count": None, "id": f"scratch-{number}",
+            "metadata": {}, "outputs": [], "source": source.strip("\n") + "\n",
+        })
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / NOTEBOOKS[entry.notebook].filename
+    path.write_text(json.dumps(notebook, indent=1))
+    return path
