@@ -1,0 +1,47 @@
+"""nbgrader and `pytest autograder` give every catalogue entry the same verdict on every check."""
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from catalogue import ENTRIES, write_submission
+from lora_grader.grading import Sandbox
+from nbgrader_course import Course
+
+SHARDS = 2  # nbgrader grades one notebook at a time: two courses side by side use both cores
+
+
+def _autograde_shard(course: Course) -> Course:
+    course.nbgrader("autograde", "lora")
+    return course
+
+
+@pytest.fixture(scope="module")
+def verdicts(tmp_path_factory):
+    """{entry name: {check name: (passed by pytest autograder, passed by nbgrader)}}"""
+    courses = [Course(tmp_path_factory.mktemp(f"course{shard}")) for shard in range(SHARDS)]
+    jobs, course_of = {}, {}
+    for number, entry in enumerate(ENTRIES):
+        course = course_of[entry.name] = courses[number % SHARDS]
+        jobs[entry.name] = (entry.notebook, write_submission(entry, course.root / "submitted" / entry.name / "lora"))
+    ours = Sandbox().grade_jobs(jobs)
+    for course in courses:
+        course.nbgrader("generate_assignment", "lora")
+    with ThreadPoolExecutor(SHARDS) as pool:
+        list(pool.map(_autograde_shard, courses))
+    found = {}
+    for entry in ENTRIES:
+        scores = course_of[entry.name].scores(entry.name)
+        found[entry.name] = {
+            result.check.name: (result.passed, scores[result.check.name][0] == scores[result.check.name][1])
+            for result in ours[entry.name]
+        }
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ENTRIES, ids=lambda entry: entry.name)
+def test_nbgrader_and_pytest_autograder_agree(entry, verdicts):
+    disagreements = {check: pair for check, pair in verdicts[entry.name].items() if pair[0] != pair[1]}
+    assert not disagreements, (
+        f"{entry.name}: (pytest autograder passed, nbgrader passed) differ on {disagreements}"
+    )

@@ -1,0 +1,20 @@
+"""Every solution notebook runs top to bottom in a real kernel, without an error."""
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+SOLUTIONS = sorted((Path(__file__).resolve().parents[1] / "solutions" / "lora").glob("*.ipynb"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)  # a minute of notebook, plus the kernel's start
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda path: path.name)
+def test_solution_notebook_executes_without_error(path, tmp_path):
+    notebook = nbformat.read(path, as_version=4)
+    NotebookClient(notebook, timeout=60, kernel_name="python3",
+                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    errors = [output for cell in notebook.cells for output in cell.get("outputs", [])
+              if output.output_type == "error"]
+    assert not errors, f"{path.name}: {errors[0].ename}: {errors[0].evalue}" if errors else ""
