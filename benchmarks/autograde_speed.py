@@ -1,0 +1,62 @@
+"""How long grading one complete submission takes: `pytest autograder` against `nbgrader autograde`.
+
+Both grade the same notebooks (the solutions, as a student who solved everything would hand them
+in), side by side in one run, each repeated; the medians and their ratio are printed. This is a
+measurement to report, not a test: a noisy machine makes it vary.
+
+    python benchmarks/autograde_speed.py [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from catalogue import complete_submission  # noqa: E402
+from lora_grader.checks import NOTEBOOKS  # noqa: E402
+from nbgrader_course import Course  # noqa: E402
+
+
+def seconds(command: list[str], cwd: Path, env=None) -> float:
+    start = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    repeats = parser.parse_args().repeats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        course = Course(Path(tmp) / "course")
+        course.nbgrader("generate_assignment", "lora")
+        folder = course.submit("bench", {n.filename: complete_submission(key) for key, n in NOTEBOOKS.items()})
+        ours, theirs = [], []
+        for _ in range(repeats):
+            ours.append(seconds([sys.executable, "-m", "pytest", "autograder", "-q", "-p", "no:cacheprovider",
+                                 "--notebooks", str(folder)], ROOT))
+            shutil.rmtree(course.root / "autograded", ignore_errors=True)
+            theirs.append(seconds([sys.executable, "-m", "nbgrader", "autograde", "lora", "--force"],
+                                  course.root, course.env))
+
+    ours_median, theirs_median = statistics.median(ours), statistics.median(theirs)
+    print(f"notebooks graded:          {len(NOTEBOOKS)} ({', '.join(sorted(NOTEBOOKS))})")
+    print(f"pytest autograder (wall):  {ours_median:.1f} s  (runs: {', '.join(f'{s:.1f}' for s in ours)})")
+    print(f"nbgrader autograde (wall): {theirs_median:.1f} s  (runs: {', '.join(f'{s:.1f}' for s in theirs)})")
+    print(f"ratio:                     {theirs_median / ours_median:.1f}x faster than nbgrader autograde")
+
+
+if __name__ == "__main__":
+    main()
