@@ -138,6 +138,8 @@ def _explain_update_error(case, outcome) -> str | None:
     message = outcome.get("message", "")
     if "must match the size" in message or "broadcast" in message:
         return "`*` is elementwise and needs broadcastable shapes; a linear map needs `@`."
+    if "must be a matrix" in message or "2D" in message:
+        return "torch.mm only takes 2-D matrices; `@` (torch.matmul) keeps any leading dimensions."
     if "cannot be multiplied" in message or "mat1 and mat2" in message:
         return "the inner sizes must agree: (x @ A) is (…, r), and (…, r) @ B (r, out) gives (…, out)."
     return None

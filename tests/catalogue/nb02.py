@@ -11,42 +11,127 @@ class LoRALinear(nn.Module):
         self.scaling = {scaling}
         in_features = base_layer.in_features
         out_features = base_layer.out_features
-        self.lora_A = nn.Parameter(torch.randn(in_features, rank))
-        self.lora_B = nn.Parameter(torch.zeros(rank, out_features))
+        self.lora_A = {lora_A}
+        self.lora_B = {lora_B}
         {freeze}
 
     def forward(self, x):
         return {forward}
 '''
+CORRECT = dict(
+    scaling="alpha / rank",
+    lora_A="nn.Parameter(torch.randn(in_features, rank))",
+    lora_B="nn.Parameter(torch.zeros(rank, out_features))",
+    freeze="self.base_layer.requires_grad_(False)",
+    forward="self.base_layer(x) + (x @ self.lora_A) @ self.lora_B * self.scaling",
+)
 
 
-def lora_linear(scaling="alpha / rank", freeze="self.base_layer.requires_grad_(False)",
-                forward="self.base_layer(x) + (x @ self.lora_A) @ self.lora_B * self.scaling"):
-    return {"lora_linear_answer": LORA_LINEAR.format(scaling=scaling, freeze=freeze, forward=forward)}
+def lora_linear(prelude: str = "", **changes) -> dict:
+    return {"lora_linear_answer": prelude + LORA_LINEAR.format(**{**CORRECT, **changes})}
+
+
+def flops(body: str) -> dict:
+    return {"lora_flops_answer": "def lora_flops(num_tokens, in_features, out_features, rank, materialize=False):\n"
+                                 f"    {body}\n"}
 
 
 ENTRIES = [
+    bug("02-lora-A-transposed", "02", lora_linear(
+        lora_A="nn.Parameter(torch.randn(rank, in_features))",
+        forward="self.base_layer(x) + (x @ self.lora_A.T) @ self.lora_B * self.scaling",
+    ), "lora_linear_parameters", "transposed convention"),
+    bug("02-adapters-are-plain-tensors", "02", lora_linear(
+        lora_A="torch.randn(in_features, rank, requires_grad=True)",
+        lora_B="torch.zeros(rank, out_features, requires_grad=True)",
+    ), "lora_linear_parameters", "not an nn.Parameter"),
+    bug("02-B-random", "02", lora_linear(lora_B="nn.Parameter(torch.randn(rank, out_features))"),
+        "lora_linear_init", "should start at exactly zero"),
+    bug("02-A-zeros", "02", lora_linear(lora_A="nn.Parameter(torch.zeros(in_features, rank))"),
+        "lora_linear_init", "all zeros"),
+    bug("02-A-ones", "02", lora_linear(lora_A="nn.Parameter(torch.ones(in_features, rank))"),
+        "lora_linear_init", "filled with one constant"),
+    bug("02-seeded-inside-init", "02", lora_linear(
+        lora_A="nn.Parameter(torch.randn(in_features, rank, generator=torch.Generator().manual_seed(0)))",
+    ), "lora_linear_init", "identical in two new layers"),
     bug("02-seed-attempt-1", "02", lora_linear(
         forward="self.base_layer(x) + self.scaling * (self.lora_A @ self.lora_B) * x",
     ), "lora_linear_output_shape", "elementwise"),
+    bug("02-flattens-leading-dimensions", "02", lora_linear(
+        forward="self.base_layer(x).reshape(-1, out_features_of(self)) + "
+                "(x.reshape(-1, x.shape[-1]) @ self.lora_A) @ self.lora_B * self.scaling",
+        prelude="def out_features_of(layer):\n    return layer.base_layer.out_features\n\n",
+    ), "lora_linear_output_shape", "output shape"),
+    bug("02-forgets-the-base", "02", lora_linear(forward="(x @ self.lora_A) @ self.lora_B * self.scaling"),
+        "lora_linear_identity_at_init", "should equal the base layer"),
     bug("02-alpha-not-divided-by-rank", "02", lora_linear(scaling="alpha"),
         "lora_linear_values", "alpha instead of alpha / rank"),
+    bug("02-rank-over-alpha", "02", lora_linear(scaling="rank / alpha"),
+        "lora_linear_values", "rank / alpha instead of alpha / rank"),
+    bug("02-forward-ignores-scaling", "02", lora_linear(
+        forward="self.base_layer(x) + (x @ self.lora_A) @ self.lora_B"),
+        "lora_linear_values", "no scaling at all"),
     bug("02-requires-grad-attribute-on-module", "02", lora_linear(freeze="self.base_layer.requires_grad = False"),
         "lora_linear_base_frozen", "only sets an attribute"),
+    bug("02-freezes-only-the-weight", "02", lora_linear(freeze="self.base_layer.weight.requires_grad = False"),
+        "lora_linear_base_frozen", "base_layer.bias still requires grad"),
+    bug("02-no-freezing", "02", lora_linear(freeze="pass"),
+        "lora_linear_base_frozen", "still requires grad"),
+    bug("02-adapter-under-no-grad", "02", lora_linear(
+        forward="self.base_layer(x) + self.lora_term(x)",
+        freeze="self.base_layer.requires_grad_(False)\n\n"
+               "    @torch.no_grad()\n"
+               "    def lora_term(self, x):\n"
+               "        return (x @ self.lora_A) @ self.lora_B * self.scaling",
+    ), "lora_linear_trainable", "received no gradient"),
     bug("02-materialized-forward", "02", lora_linear(
         forward="self.base_layer(x) + x @ (self.lora_A @ self.lora_B) * self.scaling",
     ), "lora_linear_flops", "matrix formed"),
-    bug("02-flops-multiply-adds", "02", {"lora_flops_answer": """
-def lora_flops(num_tokens, in_features, out_features, rank, materialize=False):
-    if materialize:
-        return in_features * rank * out_features + num_tokens * in_features * out_features
-    return num_tokens * rank * (in_features + out_features)
-"""}, "lora_flops_factored", "2 flops for each"),
-    variant("02-f-linear", "02", {"lora_linear_answer": "import torch.nn.functional as F\n" + lora_linear(
+    bug("02-flops-multiply-adds", "02",
+        flops("if materialize:\n        return in_features * rank * out_features + num_tokens * in_features * out_features\n"
+              "    return num_tokens * rank * (in_features + out_features)"),
+        "lora_flops_factored", "2 flops for each"),
+    bug("02-flops-as-float", "02",
+        flops("if materialize:\n        return 2.0 * in_features * rank * out_features + 2.0 * num_tokens * in_features * out_features\n"
+              "    return 2.0 * num_tokens * rank * (in_features + out_features)"),
+        "lora_flops_factored", "should return an int"),
+    bug("02-flops-orders-swapped", "02",
+        flops("if not materialize:\n        return 2 * in_features * rank * out_features + 2 * num_tokens * in_features * out_features\n"
+              "    return 2 * num_tokens * rank * (in_features + out_features)"),
+        "lora_flops_factored", "the materialized order"),
+    bug("02-flops-forget-the-product-with-x", "02",
+        flops("if materialize:\n        return 2 * in_features * rank * out_features\n"
+              "    return 2 * num_tokens * rank * (in_features + out_features)"),
+        "lora_flops_materialized", "only A @ B"),
+    variant("02-f-linear", "02", lora_linear(
+        prelude="import torch.nn.functional as F\n",
         forward="F.linear(x, self.base_layer.weight, self.base_layer.bias) "
                 "+ F.linear(F.linear(x, self.lora_A.T), self.lora_B.T) * self.scaling",
-    )["lora_linear_answer"]}),
-    variant("02-freeze-by-loop", "02", lora_linear(
-        freeze="for p in self.base_layer.parameters(): p.requires_grad = False",
     )),
+    variant("02-freeze-by-loop", "02", lora_linear(
+        freeze="for p in self.base_layer.parameters():\n            p.requires_grad = False",
+    )),
+    variant("02-kaiming-uniform-A", "02", lora_linear(
+        prelude="import math\n",
+        lora_A="nn.Parameter(nn.init.kaiming_uniform_(torch.empty(in_features, rank), a=math.sqrt(5)))",
+    )),
+    variant("02-einsum-and-scaling-between", "02", lora_linear(
+        forward='self.base_layer(x) + torch.einsum("...r,ro->...o", '
+                'torch.einsum("...i,ir->...r", x, self.lora_A) * self.scaling, self.lora_B)',
+    )),
+    variant("02-warns-and-has-helpers", "02", lora_linear(
+        prelude="import warnings\nwarnings.simplefilter('always', UserWarning)\n",
+        forward="self.base_layer(x) + self.delta(x)",
+        freeze="self.base_layer.requires_grad_(False)\n        self.note = 'adapters on'\n\n"
+               "    def delta(self, x):\n"
+               "        warnings.warn('LoRA branch in use')  # a correct answer that writes to stderr\n"
+               "        return (x @ self.lora_A) @ self.lora_B * self.scaling",
+    ), extra_cells=(
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\nprint('scratch work')",
+    )),
+    variant("02-flops-by-counting-products", "02",
+            flops("def product(m, n, p):\n        return 2 * m * n * p\n"
+                  "    if materialize:\n"
+                  "        return product(in_features, rank, out_features) + product(num_tokens, in_features, out_features)\n"
+                  "    return product(num_tokens, in_features, rank) + product(num_tokens, rank, out_features)")),
 ]
