@@ -22,7 +22,3 @@ c.IgnorePattern.pattern = r"[\s\S]*"
 
 # A test cell a student deleted is put back and graded.
 c.OverwriteCells.add_missing_cells = True
-
-# Matplotlib draws without a display while grading.
-c.Execute.extra_arguments = ["--HistoryManager.hist_file=:memory:"]
-c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
