@@ -39,6 +39,14 @@ class Layout:
             found.append(value)
         return found[0], found[1]
 
+    def biases(self, layer) -> dict[str, int]:
+        """Adapters that carry a bias, with its size: the LoRA update B·A·x has none, but
+        nn.Linear adds one unless told bias=False."""
+        if not self.as_linear:
+            return {}
+        found = {name: getattr(layer, name).bias for name in ("lora_A", "lora_B")}
+        return {name: bias.numel() for name, bias in found.items() if bias is not None}
+
     def stored_shapes(self, d: int, k: int, r: int):
         return ((r, d), (k, r)) if self.as_linear else ((d, r), (r, k))
 
@@ -81,6 +89,7 @@ def probe_layer(layout: Layout):
             "A_kind": type(A).__name__, "B_kind": type(B).__name__,
             "A_shape": list(A.shape), "B_shape": list(B.shape),
             "A_init": A.detach().clone(), "B_init": B.detach().clone(),
+            "adapter_biases": layout.biases(layer),
             "scaling": getattr(layer, "scaling", None) if type(getattr(layer, "scaling", None)) in (int, float) else None,
         }
         second = namespace["LoRALinear"](base_linear(d, k, case["seed"]), rank=r, alpha=case["alpha"])
@@ -159,13 +168,20 @@ def verdict_parameters(layout: Layout):
             what = f"{name}.weight" if layout.as_linear else name
             if tuple(shape) != tuple(expected):
                 hint = ""
-                if tuple(shape) == tuple(reversed(expected)):
-                    hint = (": that is the transposed convention; here it is "
-                            + ("nn.Linear's (out, in)" if layout.as_linear else "x @ A @ B's (in, r) then (r, out)"))
+                if tuple(shape) == tuple(reversed(expected)) and layout.as_linear:
+                    right = "nn.Linear(in_features, rank)" if name == "lora_A" else "nn.Linear(rank, out_features)"
+                    hint = (f": were nn.Linear's arguments swapped? {name} is {right}, and nn.Linear "
+                            "stores its weight as (out, in)")
+                elif tuple(shape) == tuple(reversed(expected)):
+                    hint = ": that is the transposed convention; here it is x @ A @ B's (in, r) then (r, out)"
                 fail(f"{what} has shape {shape_str(shape)} but expected {shape_str(expected)}{hint}", case)
             if not layout.as_linear and kind != "Parameter":
                 fail(f"{name} is a {kind}, not an nn.Parameter: wrap it in nn.Parameter(...) so that "
                      "the module registers it and an optimizer can train it", case)
+        for name, size in data.get("adapter_biases", {}).items():
+            fail(f"{name} has a bias: nn.Linear creates one unless told bias=False, and {name}.bias adds "
+                 f"{size} extra trainable numbers (and a shift) that the LoRA update B·A·x does not have. "
+                 f"Create it with nn.Linear(..., bias=False).", case)
     return verdict
 
 
@@ -178,6 +194,10 @@ def verdict_init(case, data):
     if not torch.isfinite(A).all() or A.abs().max().item() == 0.0:
         fail("lora_A is all zeros (or not finite): with A = 0 and B = 0 no gradient ever flows, "
              "so nothing trains. Draw A from a Gaussian.", case)
+    if A.numel() > 1 and (A == A.flatten()[0]).all():
+        fail(f"lora_A is filled with one constant ({A.flatten()[0].item():g}), as torch.ones or "
+             "nn.init.constant_ would do: its rows are all equal, so the rank directions of the "
+             "adapter collapse into one. Draw A from a Gaussian (nn.init.normal_).", case)
     if torch.equal(A_again, data["A_init"]):
         fail("lora_A came out identical in two new layers: it should be random, e.g. nn.init.normal_ "
              "or torch.randn, not a fixed pattern or a fixed seed inside __init__", case)
@@ -256,10 +276,19 @@ def verdict_scaling(case, data):
         fail(scaling_hint(factor, case), case)
 
 
+def _in_adapter(parameter) -> bool:
+    """lora_A and lora_B themselves, or anything else inside an nn.Linear adapter (its bias)."""
+    return parameter["adapter"] or parameter["name"].split(".")[0] in ("lora_A", "lora_B")
+
+
 def verdict_base_frozen(case, data):
-    for parameter in _measured(data, "parameters", case):
-        if parameter["adapter"]:
-            continue
+    base = [p for p in _measured(data, "parameters", case) if not _in_adapter(p)]
+    frozen = [p["name"] for p in base if not p["requires_grad"]]
+    for parameter in base:
+        if parameter["requires_grad"] and frozen:
+            fail(f"{parameter['name']} still requires grad, so the optimizer would train it: only part of "
+                 f"the base layer was frozen ({', '.join(frozen)}). Freezing the weight alone leaves the "
+                 "bias training; freeze every parameter with `base_layer.requires_grad_(False)`.", case)
         if parameter["requires_grad"]:
             fail(f"{parameter['name']} still requires grad, so the optimizer would train the base layer. "
                  "Note `module.requires_grad = False` only sets an attribute; use "
@@ -281,7 +310,7 @@ def verdict_trainable(case, data):
             fail(f"{name} does not require grad, so it never trains", case)
         if norm is None or norm == 0.0:
             fail(f"{name} received {'no' if norm is None else 'a zero'} gradient with a non-zero lora_B: "
-                 "is it used in forward (and not detached)?", case)
+                 "is it used in forward, and not detached or computed under torch.no_grad()?", case)
     trainable = [p for p in data["parameters"] if p["requires_grad"]]
     count = sum(p["numel"] for p in trainable)
     if count != r * (d + k):
