@@ -17,6 +17,7 @@ c.Execute.timeout = 60
 # A test cell scores zero when it has any stderr output. Warnings a correct answer emits
 # (a deprecation in a library, a UserWarning) must not cost points: the tests fail by raising.
 c.IgnorePattern.pattern = r"[\s\S]*"
+c.IgnorePattern.enabled = True  # off by default in nbgrader 0.9: the pattern alone does nothing
 
 # A test cell a student deleted is put back and graded.
 c.OverwriteCells.add_missing_cells = True

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from lora_grader.checks import NOTEBOOKS
+from lora_grader.notebook import SKIP_TAG
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,9 +84,16 @@ def _strip_markers(source) -> str:
     )
 
 
-def write_submission(entry: Entry, folder: Path) -> Path:
-    """Write the entry's notebook into `folder`; returns its path."""
+def _is_demo(cell) -> bool:
+    return SKIP_TAG in cell.get("metadata", {}).get("tags", [])
+
+
+def write_submission(entry: Entry, folder: Path, keep_demos: bool = True) -> Path:
+    """Write the entry's notebook into `folder`; returns its path. Without its demo cells
+    (plots, timings, fits: they define nothing graded) nbgrader runs it several times faster."""
     notebook = complete_submission(entry.notebook)
+    if not keep_demos:
+        notebook["cells"] = [cell for cell in notebook["cells"] if not _is_demo(cell)]
     found = set()
     for cell in notebook["cells"]:
         if _grade_id(cell) in entry.cells:
