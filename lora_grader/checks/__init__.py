@@ -22,6 +22,7 @@ NOTEBOOKS = {
         Notebook("01", "01_elementwise_attempt.ipynb", "The elementwise attempt"),
         Notebook("02", "02_factored_fix.ipynb", "The fix: B(Ax)"),
         Notebook("03", "03_linear_adapters.ipynb", "nn.Linear adapters, init and gradients"),
+        Notebook("04", "04_merging.ipynb", "Merging the adapter"),
     )
 }
 
