@@ -27,8 +27,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 @dataclasses.dataclass(frozen=True)
 class Timeouts:
     cell: float = 20.0  # one cell of the student's notebook
-    check: float = 20.0  # one check's probe, all its cases
-    notebook: float = 120.0  # everything for one notebook (notebooks run side by side)
+    check: float = 20.0  # one probe, all its cases (checks that read the same probe share it)
+    notebook: float = 120.0  # all cells of one notebook, before its probes (notebooks run side by side)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +50,7 @@ class Sandbox:
     """One sandbox process. Start it early: it imports torch while the caller does other work."""
 
     def __init__(self) -> None:
+        self.closed = False
         self.outdir = Path(tempfile.mkdtemp(prefix="lora-grading-"))
         env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
@@ -83,23 +84,28 @@ class Sandbox:
             "check_timeout": timeouts.check,
             "notebook_timeout": timeouts.notebook,
         }
+        # The sandbox bounds each notebook itself; this only guards against the sandbox hanging.
         waves = -(-len(specs) // job["parallel"])
+        most_checks = max((len(spec["checks"]) for spec in specs), default=0)
         try:
             self.process.stdin.write((json.dumps(job) + "\n").encode())
             self.process.stdin.close()
-            self.process.wait(timeout=waves * timeouts.notebook + 60)
+            self.process.wait(timeout=waves * (timeouts.notebook + most_checks * (timeouts.check + 1)) + 60)
         except (subprocess.TimeoutExpired, BrokenPipeError):
             pass
+        self._stop()
+        try:
+            statuses = _read_json(self.outdir / "status.json", dict)
+            return {
+                job_id: self._judge(key, self.outdir / job_id, unreadable.get(job_id), statuses.get(job_id))
+                for job_id, (key, _) in jobs.items()
+            }
         finally:
-            self.close(keep_files=True)
-        return {
-            job_id: self._judge(key, self.outdir / job_id, unreadable.get(job_id))
-            for job_id, (key, _) in jobs.items()
-        }
+            self.close()
 
-    def _judge(self, key: str, out: Path, unreadable: str | None) -> list[CheckResult]:
+    def _judge(self, key: str, out: Path, unreadable: str | None, status) -> list[CheckResult]:
         notes = "" if unreadable else _cell_error_notes(out / "cells.json")
-        ended = unreadable or _how_notebook_ended(out / "status.json")
+        ended = unreadable or _how_notebook_ended(status, _read_json(out / "progress.json", dict).get("cell"))
         results = []
         for check in checks_of(key):
             outcomes = _read_outcomes(out / f"{check.name}.pt", ended)
@@ -111,14 +117,19 @@ class Sandbox:
             results.append(CheckResult(key, check, message))
         return results
 
-    def close(self, keep_files: bool = False) -> None:
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.process.wait()
-        if not keep_files:
-            shutil.rmtree(self.outdir, ignore_errors=True)
+    def _stop(self) -> None:
+        """Kill the sandbox and every process it started, once: later, its group id may be reused."""
+        if not self.closed:
+            self.closed = True
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.process.wait()
+
+    def close(self) -> None:
+        self._stop()
+        shutil.rmtree(self.outdir, ignore_errors=True)  # with it, whatever student code wrote there
 
 
 def grade(notebook_dir: Path, keys=None, timeouts: Timeouts = Timeouts()) -> dict[str, list[CheckResult]]:
@@ -132,7 +143,7 @@ def grade(notebook_dir: Path, keys=None, timeouts: Timeouts = Timeouts()) -> dic
 
 def _read_outcomes(path: Path, ended: str) -> list[dict]:
     if not path.exists():
-        return [{"status": "crashed", "message": ended or "no result came back from the sandbox"}]
+        return [{"status": "crashed", "message": ended}]
     try:
         outcomes = torch.load(path, weights_only=True)  # plain data only: no code can ride along
     except Exception as error:
@@ -140,28 +151,36 @@ def _read_outcomes(path: Path, ended: str) -> list[dict]:
     return outcomes if isinstance(outcomes, list) else []
 
 
-def _how_notebook_ended(path: Path) -> str:
-    """Why a check may have no result, from how the notebook's process ended."""
+def _read_json(path: Path, kind: type):
+    """A file the sandbox wrote, or an empty `kind`: student code can reach some of them."""
     try:
-        status = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
-        return "the notebook was still running when the grader's time ran out"
+        return kind()
+    return data if isinstance(data, kind) else kind()
+
+
+def _how_notebook_ended(status, cell) -> str:
+    """Why a check may have no result, from how the notebook's process ended and where it was."""
+    status = status if isinstance(status, dict) else {}
     how, code = status.get("how"), status.get("code")
+    where = f" while running code cell {cell}" if isinstance(cell, int) else ""
     if how == "timeout":
-        return "the notebook's code did not finish in time: is there an endless loop that ignores interrupts?"
+        return (f"the notebook did not finish in time{where}, even when interrupted: is there an "
+                "endless loop that catches the interrupt (`except BaseException:` or a bare `except:`)?")
     if how == "signal":
-        return f"the notebook's process was killed by signal {code}: a crash, or out of memory?"
-    if how == "exited" and code:
-        return f"the notebook's process ended early with exit code {code} (an exit call at top level?)"
-    return ""
+        return f"the notebook's process was killed by signal {code}{where}: a crash, or out of memory?"
+    if how == "exited" and where:
+        return (f"the notebook's process ended{where} (exit code {code}) before its checks ran: "
+                "os._exit() ends it, as it would stop a Jupyter kernel")
+    if how == "exited":
+        return f"no result came back from the sandbox (the notebook's process ended with exit code {code})"
+    return "the notebook was still running when the grader's time ran out"
 
 
 def _cell_error_notes(path: Path) -> str:
-    try:
-        errors = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return ""
+    errors = [error for error in _read_json(path, list) if isinstance(error, dict)]
     return "".join(
-        f"\n  Note: code cell {error['cell']} of the notebook raised {error['type']}: {error['message']}"
+        f"\n  Note: code cell {error.get('cell')} of the notebook raised {error.get('type')}: {error.get('message')}"
         for error in errors[:3]
     )

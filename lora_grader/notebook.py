@@ -6,6 +6,7 @@ nbformat or not a notebook at all, and each of those deserves one clear sentence
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 SKIP_TAG = "skip-autograder"  # demos, plots and benchmarks that define nothing graded
@@ -20,7 +21,10 @@ def load(path: Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise NotebookUnreadable(f"{path.name} was not found in {path.parent} (renamed or moved?)")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise NotebookUnreadable(f"{path.name} could not be read ({error.strerror or error})") from None
     if not raw.strip():
         raise NotebookUnreadable(f"{path.name} is empty: save the notebook again from Jupyter")
     try:
@@ -32,6 +36,8 @@ def load(path: Path) -> dict:
             f"{path.name} is not valid JSON ({error.msg} at line {error.lineno}): "
             "was the file truncated or edited by hand?"
         ) from None
+    except RecursionError:  # JSON nested thousands deep: valid, but no notebook looks like that
+        raise NotebookUnreadable(f"{path.name} is JSON nested too deeply to be a Jupyter notebook") from None
     if not isinstance(notebook, dict) or not isinstance(notebook.get("cells", notebook.get("worksheets")), list):
         raise NotebookUnreadable(f"{path.name} is JSON but not a Jupyter notebook")
     return notebook
@@ -40,12 +46,18 @@ def load(path: Path) -> dict:
 def _cells(notebook: dict) -> list[dict]:
     if "cells" in notebook:  # nbformat 4
         return [cell for cell in notebook["cells"] if isinstance(cell, dict)]
-    cells = []  # nbformat 3: worksheets of cells whose code is under "input"
+    cells = []  # nbformat 3, which Jupyter still opens: worksheets of cells whose code is under "input"
     for sheet in notebook["worksheets"]:
-        for cell in sheet.get("cells", []) if isinstance(sheet, dict) else []:
+        sheet_cells = sheet.get("cells") if isinstance(sheet, dict) else None
+        for cell in sheet_cells if isinstance(sheet_cells, list) else []:
             if isinstance(cell, dict):
                 cells.append({**cell, "source": cell.get("input", cell.get("source", ""))})
     return cells
+
+
+def _mapping(value) -> dict:
+    """A metadata field as a dict: hand-edited notebooks can hold anything there."""
+    return value if isinstance(value, dict) else {}
 
 
 def _text(source) -> str:
@@ -55,29 +67,38 @@ def _text(source) -> str:
 
 
 def is_test_cell(cell: dict) -> bool:
-    nbgrader = (cell.get("metadata") or {}).get("nbgrader") or {}
+    nbgrader = _mapping(_mapping(cell.get("metadata")).get("nbgrader"))
     return bool(nbgrader.get("grade")) and not nbgrader.get("solution")
 
 
 def _skipped(cell: dict) -> bool:
-    tags = (cell.get("metadata") or {}).get("tags") or []
+    tags = _mapping(cell.get("metadata")).get("tags")
     return is_test_cell(cell) or (isinstance(tags, list) and SKIP_TAG in tags)
 
 
+# `files = !ls`, `t = %timeit -o f()`: IPython assigns what the command printed
+_ASSIGNED_FROM_IPYTHON = re.compile(r"^(\s*[\w.\[\]\'\", ]+=\s*)[%!]")
+# `torch.randn?`, `??LoRALinear`: IPython's help
+_HELP = re.compile(r"^\s*(\?{1,2}[\w.]+|[\w.]+\?{1,2})\s*$")
+
+
 def without_ipython_syntax(source: str) -> str | None:
-    """Python the plain interpreter can run: line magics and shell lines become `pass`;
-    a cell magic either runs its body as Python (%%time) or the cell is dropped (None)."""
+    """Python the plain interpreter can run: line magics, shell lines and help requests become
+    `pass`, and `x = !cmd` becomes `x = None`; a cell magic either runs its body as Python (%%time)
+    or the cell is dropped (None). Lines keep their numbers, so error messages point right."""
     lines = source.splitlines()
     if lines and lines[0].lstrip().startswith("%%"):
         magic = lines[0].lstrip()[2:].split(maxsplit=1)
         if not magic or magic[0] not in CELL_MAGICS_THAT_RUN_PYTHON:
             return None
-        lines = [""] + lines[1:]  # keep line numbers
+        lines = [""] + lines[1:]
     out = []
     for line in lines:
         stripped = line.lstrip()
-        if stripped.startswith(("%", "!")):
+        if stripped.startswith(("%", "!")) or _HELP.match(line):
             out.append(line[: len(line) - len(stripped)] + "pass")
+        elif assigned := _ASSIGNED_FROM_IPYTHON.match(line):
+            out.append(assigned.group(1) + "None")
         else:
             out.append(line)
     return "\n".join(out) + "\n"

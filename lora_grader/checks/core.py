@@ -8,6 +8,7 @@ an nbgrader test cell runs both in the kernel with `run_check`. Either way it is
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import linecache
 import os
@@ -69,11 +70,27 @@ def collect(check: Check, namespace: Mapping[str, Any], cases) -> list[Outcome]:
     return outcomes
 
 
+@contextlib.contextmanager
+def _fresh_session():
+    """Probe as in a fresh session: float32 by default, gradients on, and the student's seed left
+    alone. The sandbox runs every cell before any check, so a scratch cell at the end that calls
+    torch.set_default_dtype or torch.set_grad_enabled would otherwise change how work written
+    before it is checked (nbgrader checks each answer right after its cell)."""
+    dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
+    torch.set_default_dtype(torch.float32)
+    torch.set_grad_enabled(True)
+    try:
+        with torch.random.fork_rng():
+            yield
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_grad_enabled(grad)
+
+
 def _probe_one(check: Check, namespace, case) -> Outcome:
     try:
-        with torch.random.fork_rng():  # the probe must not disturb the student's seed
+        with _fresh_session():
             data = check.probe(namespace, case)
-        return {"status": "ok", "data": plain(data)}
     except NotImplementedError:
         return {"status": "not_implemented", "name": check.task}
     except ProbeError as error:
@@ -85,6 +102,12 @@ def _probe_one(check: Check, namespace, case) -> Outcome:
             "message": safe_str(error),
             "where": student_location(error),
         }
+    try:
+        return {"status": "ok", "data": plain(data)}
+    except BaseException as error:  # e.g. a tensor subclass that cannot be copied into a plain tensor
+        return {"status": "probe", "message": (
+            f"what `{check.task}` returned could not be copied out for grading "
+            f"({type(error).__name__}: {safe_str(error)}): return plain tensors and numbers")}
 
 
 def safe_str(error: BaseException) -> str:
@@ -175,6 +198,13 @@ def judge(check: Check, cases, outcomes: list[Outcome], notes: str = "") -> None
         raise CheckFailed(f"only {len(outcomes)} of {len(cases)} results came back for `{check.task}`")
 
 
+# Exceptions whose cause is the same whichever function raised them.
+_GENERIC_HINTS = {
+    "SystemExit": "exit(), sys.exit() and os._exit() end the whole program: a function should return its result",
+    "EOFError": "input() gets no answer when the autograder calls your code: take values as arguments",
+}
+
+
 def _explain_status(check: Check, case: Case, outcome) -> str:
     status = outcome.get("status") if isinstance(outcome, dict) else None
     task = f"`{check.task}`"
@@ -183,14 +213,14 @@ def _explain_status(check: Check, case: Case, outcome) -> str:
     if status == "not_implemented":
         return f"{task} is not implemented yet (it still raises NotImplementedError)."
     if status == "probe":
-        return f"{outcome['message']} ({describe(case)})"
+        return f"{outcome.get('message')} ({describe(case)})"
     if status == "raised":
         where = f" at {outcome['where']}" if outcome.get("where") else ""
-        text = f"{task} raised {outcome['type']}{where}: {outcome['message']} ({describe(case)})"
-        hint = check.explain_error(case, outcome)
+        text = f"{task} raised {outcome.get('type')}{where}: {outcome.get('message')} ({describe(case)})"
+        hint = check.explain_error(case, outcome) or _GENERIC_HINTS.get(outcome.get("type"))
         return text + (f"\n  Likely cause: {hint}" if hint else "")
     if status in ("timeout", "crashed"):
-        return f"{task}: {outcome['message']}"
+        return f"{task}: {outcome.get('message')}"
     return f"{task}: unreadable result from the sandbox"
 
 
@@ -279,7 +309,8 @@ def tensor(shape, seed: int, scale: float = 1.0) -> torch.Tensor:
 
 def base_linear(in_features: int, out_features: int, seed: int) -> torch.nn.Linear:
     """A float32 nn.Linear with weights fixed by the seed."""
-    layer = torch.nn.Linear(in_features, out_features, dtype=torch.float32)
+    # skip_init: no random init to overwrite, so no draw from the student's global generator
+    layer = torch.nn.utils.skip_init(torch.nn.Linear, in_features, out_features, dtype=torch.float32)
     with torch.no_grad():
         layer.weight.copy_(tensor((out_features, in_features), seed + 1, in_features ** -0.5))
         layer.bias.copy_(tensor((out_features,), seed + 2))

@@ -321,6 +321,10 @@ def verdict_trainable(case, data):
 
 def verdict_flops(case, data):
     flops = _measured(data, "flops", case)
+    base_out, term = _expected(case)
+    if not is_close(_measured(data, "out", case), base_out + case["alpha"] / case["rank"] * term):
+        fail("the FLOP budget only counts for a correct output, and this one is wrong: "
+             "fix the output shape and values checks first", case)
     d, k, r = _sizes(case)
     tokens = math.prod(case["x_shape"][:-1])
     budget = matmul_flops(tokens, d, k) + matmul_flops(tokens, d, r) + matmul_flops(tokens, r, k)

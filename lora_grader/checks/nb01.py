@@ -177,11 +177,16 @@ def _verdict_lora_update_values(case, data):
 
 def _probe_lora_update_flops(namespace, case):
     x, A, B = _inputs(case)
-    update = namespace["lora_update"]
-    return {"flops": count_flops(lambda: update(x, A, B, case["scaling"]))}
+    update, results = namespace["lora_update"], []
+    flops = count_flops(lambda: results.append(update(x, A, B, case["scaling"])))
+    return {"flops": flops, "result": returned(results[0])}
 
 
 def _verdict_lora_update_flops(case, data):
+    seen = expect_tensor(data["result"], "lora_update's result", case)
+    if not is_close(seen, _expected_update(case)):
+        fail("the FLOP budget only counts for a correct result, and this one is wrong: "
+             "fix lora_update_shape and lora_update_values first", case)
     d, k, r = case["in_features"], case["out_features"], case["rank"]
     tokens = math.prod(case["x_shape"][:-1])
     factored = matmul_flops(tokens, d, r) + matmul_flops(tokens, r, k)

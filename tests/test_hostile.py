@@ -1,0 +1,525 @@
+"""Hostile and malformed submissions. None may earn a point it should not, crash the run, change
+the student's files, or cost more than the notebook (or the check) it is in.
+
+All cases are graded in one sandbox run with short timeouts, each notebook in its own folder next
+to a complete copy of the other notebook; two complete notebooks graded after all of them must
+keep full marks. Cases that break the file apply to every notebook of the course; the rest are
+written against notebooks 01 and 02.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import nbformat
+import pytest
+
+from catalogue import ROOT, complete_submission
+from lora_grader.checks import NOTEBOOKS, checks_of
+from lora_grader.grading import Sandbox, Timeouts
+from lora_grader.sandbox import landlock_abi
+
+TIMEOUTS = Timeouts(cell=5.0, check=5.0, notebook=15.0)  # short, with room for a busy 2-core machine
+BATCH_TIME_LIMIT = 240  # seconds: the sandbox's own bound for this batch is far above what it takes
+ALL = "*"  # in `fails`: every check of the notebook
+OTHER = {"01": "02", "02": "01"}
+CONFINED_FILES = landlock_abi() >= 1  # without Landlock, student code can reach any file the student can
+CONFINED_SIGNALS = landlock_abi() >= 6
+
+
+def _names(key: str, task: str | None = None) -> tuple[str, ...]:
+    return tuple(check.name for check in checks_of(key) if task in (None, check.task))
+
+
+UPDATE = _names("01", "lora_update")
+LAYER = _names("02", "LoRALinear")
+FLOPS = _names("02", "lora_flops")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    name: str
+    notebook: str
+    build: Callable[[Path], bytes | None]  # the file's bytes (None: no file), given the batch's root
+    fails: dict  # check name (or ALL) -> words its message must contain; every other check must pass
+
+
+def _text(source) -> str:
+    return "".join(source) if isinstance(source, list) else source
+
+
+def _code(source: str) -> dict:
+    return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
+
+
+def edited(key, answers=None, scratch=(), after="imports", at_end=(), transform=None) -> Callable:
+    """A complete submission with solution cells replaced ({grade_id: source}), scratch code cells
+    inserted after the cell `after` and appended at the end, then `transform`ed."""
+    def build(root: Path) -> bytes:
+        notebook = complete_submission(key)
+        cells = []
+        for cell in notebook["cells"]:
+            grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+            if grade_id in (answers or {}):
+                cell["source"] = answers[grade_id].format(root=root).strip("\n") + "\n"
+            cells.append(cell)
+            if grade_id == after:
+                cells.extend(_code(source.format(root=root)) for source in scratch)
+        cells.extend(_code(source.format(root=root)) for source in at_end)
+        notebook["cells"] = cells
+        if transform:
+            notebook = transform(notebook)
+        return json.dumps(notebook, indent=1).encode() if isinstance(notebook, dict) else notebook
+    return build
+
+
+def raw(data: bytes | None) -> Callable:
+    return lambda root: data
+
+
+def truncated(key) -> Callable:
+    return lambda root: (whole := edited(key)(root))[: len(whole) // 2]
+
+
+def _without_ids_and_outputs(notebook):
+    for cell in notebook["cells"]:
+        for field in ("id", "outputs", "execution_count"):
+            cell.pop(field, None)
+    return notebook
+
+
+def _malformed_metadata(notebook):
+    """What hand edits and other tools leave behind: metadata that is not a dict, odd tags."""
+    for cell in notebook["cells"]:
+        grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
+        if grade_id == "imports":
+            cell["metadata"] = "oops"
+        elif grade_id == "lora_flops_answer":
+            cell["metadata"] = {"nbgrader": ["solution"], "tags": "skip-autograder"}
+            cell["source"] = list(_text(cell["source"]).splitlines(True)) + [None]
+    return notebook
+
+
+def _nbformat_3(notebook):
+    """The same notebook in nbformat 3 (worksheets, code under "input"): Jupyter still opens it."""
+    v3 = nbformat.convert(nbformat.reads(json.dumps(notebook), as_version=4), 3)
+    return nbformat.writes(v3, version=nbformat.NO_CONVERT).encode()
+
+
+def _utf16(notebook):
+    return json.dumps(notebook, indent=1).encode("utf-16")
+
+
+def _bom(notebook):
+    return b"\xef\xbb\xbf" + json.dumps(notebook, indent=1).encode()
+
+
+def update(body: str) -> dict:
+    return {"lora_update_answer": "def lora_update(x, lora_A, lora_B, scaling):\n" + body}
+
+
+def flops(body: str) -> dict:
+    return {"lora_flops_answer": "def lora_flops(num_tokens, in_features, out_features, rank, materialize=False):\n" + body}
+
+
+RIGHT_FLOPS = """
+    if materialize:
+        return 2 * in_features * rank * out_features + 2 * num_tokens * in_features * out_features
+    return 2 * num_tokens * rank * (in_features + out_features)
+"""
+
+
+def layer(forward: str, init: str = "") -> dict:
+    return {"lora_linear_answer": f"""
+class LoRALinear(nn.Module):
+    def __init__(self, base_layer, rank=4, alpha=1):
+        super().__init__()
+        self.base_layer = base_layer
+        self.rank = rank
+        self.alpha = alpha
+        self.scaling = alpha / rank
+        self.lora_A = nn.Parameter(torch.randn(base_layer.in_features, rank))
+        self.lora_B = nn.Parameter(torch.zeros(rank, base_layer.out_features))
+        self.base_layer.requires_grad_(False)
+{init}
+    def forward(self, x):
+{forward}
+"""}
+
+
+RIGHT_FORWARD = "        return self.base_layer(x) + (x @ self.lora_A) @ self.lora_B * self.scaling"
+
+# Patches a student might try so that "the tests pass": they live in the sandbox's process only,
+# and the verdicts (in the grader's process) never call them.
+PATCH_COMPARISONS = """
+import torch
+import lora_grader.checks.core as core
+torch.allclose = lambda *args, **kwargs: True
+torch.equal = lambda *args, **kwargs: True
+torch.isclose = lambda a, b, *args, **kwargs: torch.ones_like(a, dtype=torch.bool)
+torch.testing.assert_close = lambda *args, **kwargs: None
+core.is_close = lambda *args, **kwargs: True
+core.judge = lambda *args, **kwargs: None
+"""
+
+LIAR = """
+class Liar(torch.Tensor):
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func in (torch.allclose, torch.equal, torch.Tensor.equal):
+            return True
+        if getattr(func, "__name__", "") in ("eq", "__eq__", "isclose"):
+            return torch.ones(args[0].shape, dtype=torch.bool)
+        return super().__torch_function__(func, types, args, kwargs or {{}})
+"""
+
+# Everything a cell might do to the files around it. Relative paths land in the sandbox's own
+# scratch folder, which they may change; then the notebooks found by searching (a student can know
+# where their course folder is), by Python and by a shell, which nothing may change.
+FILE_ATTACKS = """
+import glob, os, shutil, subprocess
+outcomes = []
+def attempt(what, action):
+    try:
+        action()
+        outcomes.append(what + ": done")
+    except Exception as error:
+        outcomes.append(f"{{what}}: {{type(error).__name__}}")
+try:
+    os.remove("02_factored_fix.ipynb")
+    open("../02_factored_fix.ipynb", "w").write("{{}}")
+except OSError:
+    pass
+attempt("write far above the scratch folder", lambda: open("../../../pwned.txt", "w").write("x"))
+for path in glob.glob("{root}/**/*.ipynb", recursive=True):
+    folder = os.path.dirname(path)
+    attempt("overwrite", lambda: open(path, "w").write("{{}}"))
+    attempt("append", lambda: open(path, "a").write("x"))
+    attempt("truncate", lambda: os.truncate(path, 0))
+    attempt("rename", lambda: os.rename(path, path + ".bak"))
+    attempt("delete", lambda: os.remove(path))
+    attempt("write next to it", lambda: open(os.path.join(folder, "pwned.txt"), "w").write("x"))
+    attempt("folder next to it", lambda: os.mkdir(os.path.join(folder, "pwned")))
+    attempt("shell", lambda: subprocess.run(["rm", "-f", path], check=True))
+attempt("delete the whole tree", lambda: shutil.rmtree("{root}"))
+if any(outcome.endswith(": done") for outcome in outcomes):
+    del lora_flops  # the sandbox let one through: lose the points, so that the test sees it
+"""
+
+HUGE_FILE = """
+try:
+    with open("huge.bin", "wb") as file:
+        for _ in range(200):
+            file.write(bytes(2**20))
+except OSError:  # File too large: the sandbox caps each file at 64 MB
+    pass
+else:
+    del lora_update  # 200 MB went to disk: lose the points, so that the test sees it
+"""
+
+IGNORES_INTERRUPTS = """
+import time
+
+class Counter:
+    def count(self):
+        while True:
+            try:
+                time.sleep(0.01)
+            except BaseException:
+                pass
+
+def lora_flops(num_tokens, in_features, out_features, rank, materialize=False):
+    return Counter().count()
+"""
+
+KILLS = """
+import os, signal
+def try_to(action):
+    try:
+        action()
+    except OSError:
+        pass
+try_to(lambda: os.kill(os.getppid(), signal.SIGKILL))  # the sandbox, running the other notebooks
+grader = int(open(f"/proc/{{os.getppid()}}/stat").read().rsplit(")", 1)[1].split()[1])
+try_to(lambda: os.kill(grader, signal.SIGKILL))  # the grader itself
+os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole process group: only this notebook may die
+"""
+
+
+def _unreadable_cases(key: str) -> list[Case]:
+    """Every notebook, whatever its checks: a file that cannot be graded fails each check clearly."""
+    return [
+        Case(f"{key}-empty-file", key, raw(b""), {ALL: "is empty"}),
+        Case(f"{key}-truncated-json", key, truncated(key), {ALL: "was the file truncated"}),
+        Case(f"{key}-json-but-not-a-notebook", key, raw(b'{"name": "my notes", "cells": "none"}'),
+             {ALL: "is json but not a jupyter notebook"}),
+        Case(f"{key}-missing", key, raw(None), {ALL: "was not found"}),
+    ]
+
+
+CASES = [
+    case
+    for key in NOTEBOOKS
+    if (ROOT / "course" / "lora" / NOTEBOOKS[key].filename).exists()
+    for case in _unreadable_cases(key)
+] + [
+    # --- the file ---------------------------------------------------------------------------
+    Case("01-json-list", "01", raw(b"[1, 2, 3]"), {ALL: "not a jupyter notebook"}),
+    Case("01-utf16", "01", edited("01", transform=_utf16), {ALL: "not utf-8"}),
+    Case("02-json-nested-too-deep", "02", raw(b"[" * 100_000 + b"]" * 100_000), {ALL: "nested too deeply"}),
+    Case("02-utf8-bom", "02", edited("02", transform=_bom), {}),
+    # Jupyter opens nbformat 3 and the code is all there, so it is graded like any notebook.
+    Case("02-nbformat-3", "02", edited("02", transform=_nbformat_3), {}),
+    Case("01-nbformat-3", "01", edited("01", transform=_nbformat_3), {}),
+    Case("01-cells-without-ids-or-outputs", "01", edited("01", transform=_without_ids_and_outputs), {}),
+    Case("02-malformed-metadata", "02", edited("02", transform=_malformed_metadata), {}),
+    # --- names and syntax -------------------------------------------------------------------
+    Case("02-task-renamed", "02", edited("02", {"lora_flops_answer": (
+        "def flops_of_lora(num_tokens, in_features, out_features, rank, materialize=False):" + RIGHT_FLOPS)}),
+         {name: "`lora_flops` is not defined" for name in FLOPS}),
+    Case("02-syntax-error", "02", edited("02", layer("        return self.base_layer(x) +")),
+         {name: "raised SyntaxError" for name in LAYER}),
+    # --- exits --------------------------------------------------------------------------------
+    # At top level, sys.exit() and exit() behave as in Jupyter (and under nbgrader): the cell
+    # stops, the notebook goes on. os._exit() ends the process, as it kills a Jupyter kernel.
+    Case("01-sys-exit-top-level", "01", edited("01", scratch=["import sys\nsys.exit('stop here')"]), {}),
+    Case("02-exit-top-level", "02", edited("02", scratch=["exit()"]), {}),
+    Case("01-os-exit-top-level", "01", edited("01", scratch=["import os\nos._exit(0)"]),
+         {ALL: "ended while running code cell 2 (exit code 0) before its checks ran: os._exit()"}),
+    Case("02-sys-exit-in-function", "02", edited("02", flops("    import sys\n    sys.exit(0)\n")),
+         {name: "raised SystemExit" for name in FLOPS}),
+    Case("01-exit-in-function", "01", edited("01", update("    exit()\n")),
+         {name: "end the whole program" for name in UPDATE}),
+    Case("02-os-exit-in-function", "02", edited("02", flops("    import os\n    os._exit(0)\n")),
+         {name: "`os._exit(0)`" for name in FLOPS}),
+    # --- dead processes -----------------------------------------------------------------------
+    Case("02-kill-self-in-function", "02",
+         edited("02", flops("    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n")),
+         {name: "killed by signal 9" for name in FLOPS}),
+    Case("01-segfault-in-function", "01", edited("01", {
+        "silent_failure_case_answer": "def silent_failure_case():\n    import ctypes\n    ctypes.string_at(0)\n"}),
+         {"silent_failure_case": "killed by signal 11"}),
+    Case("01-kill-self-top-level", "01", edited("01", scratch=["import os\nos.kill(os.getpid(), 9)"]),
+         {ALL: "killed by signal 9 while running code cell 2"}),
+    # --- hangs --------------------------------------------------------------------------------
+    Case("02-while-true-top-level", "02", edited("02", scratch=["while True:\n    pass"]), {}),
+    Case("02-loop-ignoring-interrupts-in-method", "02", edited("02", {"lora_flops_answer": IGNORES_INTERRUPTS}),
+         {name: f"still running after {TIMEOUTS.check:g} s: is there an endless loop?" for name in FLOPS}),
+    # A given cell of notebook 02 calls forward at top level. Run All would hang there in Jupyter
+    # too, and nbgrader could not grade the notebook: every check fails, naming that cell.
+    Case("02-loop-ignoring-interrupts-in-forward", "02", edited("02", layer(
+        "        import time\n        while True:\n            try:\n                time.sleep(0.01)\n"
+        "            except BaseException:\n                pass")),
+         {ALL: "did not finish in time while running code cell"}),
+    # --- patches that would make comparisons lie ------------------------------------------------
+    Case("01-patched-comparisons-wrong-update", "01",
+         edited("01", update("    return (x @ lora_A) @ lora_B\n"), scratch=[PATCH_COMPARISONS]),
+         {"lora_update_values": "was scaling never applied",
+          "lora_update_never_forms_AB": "only counts for a correct result"}),
+    Case("02-patched-comparisons-wrong-scaling", "02", edited(
+        "02", {"lora_linear_answer": layer(RIGHT_FORWARD)["lora_linear_answer"].replace(
+            "self.scaling = alpha / rank", "self.scaling = alpha")}, scratch=[PATCH_COMPARISONS]),
+         {"lora_linear_values": "alpha instead of alpha / rank", "lora_linear_scaling": "should be alpha / rank",
+          "lora_linear_flops": "only counts for a correct output"}),
+    # --- return values that lie ------------------------------------------------------------------
+    Case("01-lying-tensor-subclass", "01", edited("01", {"lora_update_answer": LIAR + (
+        "\ndef lora_update(x, lora_A, lora_B, scaling):\n    return (x @ (lora_A @ lora_B)).as_subclass(Liar)\n")}),
+         {"lora_update_shape": "tensor subclass", "lora_update_values": "tensor subclass",
+          "lora_update_never_forms_AB": "tensor subclass"}),
+    Case("02-always-equal-object", "02", edited("02", flops(
+        "    class AlwaysEqual:\n        def __eq__(self, other):\n            return True\n"
+        "        __hash__ = object.__hash__\n    return AlwaysEqual()\n")),
+         {name: "should return an int" for name in FLOPS}),
+    Case("02-always-equal-int", "02", edited("02", flops(
+        "    class AlwaysEqual(int):\n        def __eq__(self, other):\n            return True\n"
+        "        def __ne__(self, other):\n            return False\n        __hash__ = int.__hash__\n"
+        "    return AlwaysEqual(0)\n")),
+         {name: "returned 0 but flopcountermode counts" for name in FLOPS}),
+    Case("02-flops-as-float", "02", edited("02", flops(RIGHT_FLOPS.replace("return 2 *", "return 2.0 *"))),
+         {name: "returned a float" for name in FLOPS}),
+    Case("02-flops-as-bool", "02", edited("02", flops("    return True\n")), {name: "returned a bool" for name in FLOPS}),
+    Case("02-flops-as-str", "02", edited("02", flops("    return str(2 * num_tokens * rank * (in_features + out_features))\n")),
+         {name: "returned a str" for name in FLOPS}),
+    # --- output and files ---------------------------------------------------------------------
+    Case("01-megabytes-of-output", "01", edited(
+        "01", update("    print('debugging', x.shape, lora_A, lora_B)\n    return (x @ lora_A) @ lora_B * scaling\n"),
+        scratch=["for _ in range(20_000):\n    print('x' * 1_000)"]), {}),
+    Case("02-prints-until-the-cell-timeout", "02", edited("02", at_end=["while True:\n    print('spam' * 1_000)"]), {}),
+    Case("01-writes-a-huge-file", "01", edited("01", at_end=[HUGE_FILE]), {}),
+    # --- IPython and input() -------------------------------------------------------------------
+    Case("01-ipython-syntax-and-input", "01", edited(
+        "01", {"lora_update_answer": "%%time\ndef lora_update(x, lora_A, lora_B, scaling):\n"
+                                     "    return (x @ lora_A) @ lora_B * scaling\n"},
+        scratch=["%matplotlib inline\n!pip list\nfiles = !ls\ntorch.randn?", "%%bash\nrm -rf ~/course\n",
+                 "name = input('your name: ')"]), {}),
+    Case("02-input-in-function", "02", edited("02", flops("    return int(input('FLOPs? '))\n")),
+         {name: "input() gets no answer" for name in FLOPS}),
+    # --- global state left behind by a scratch cell ---------------------------------------------
+    # The checks build float32 layers with gradients on. The sandbox runs every cell before any
+    # check, so a scratch cell at the end would change how work written above it is checked, while
+    # nbgrader checks each answer right after its cell: a correct answer keeps full marks.
+    Case("02-default-dtype-float64-at-the-end", "02",
+         edited("02", at_end=["torch.set_default_dtype(torch.float64)"]), {}),
+    Case("02-grad-disabled-at-the-end", "02", edited("02", at_end=["torch.set_grad_enabled(False)"]), {}),
+    Case("01-float64-and-global-seed-at-the-end", "01",
+         edited("01", at_end=["torch.set_default_dtype(torch.float64)\ntorch.manual_seed(1234)"]), {}),
+    # No work, so no FLOPs: the FLOP check must not reward it.
+    Case("01-update-computes-nothing", "01", edited("01", update(
+        "    return torch.zeros(*x.shape[:-1], lora_B.shape[-1])\n")),
+         {"lora_update_values": "values differ", "lora_update_never_forms_AB": "only counts for a correct result"}),
+] + ([
+    Case("02-attacks-the-files-around-it", "02", edited("02", at_end=[FILE_ATTACKS]), {}),
+] if CONFINED_FILES else []) + ([
+    Case("02-kills-the-sandbox-and-the-grader", "02", edited("02", at_end=[KILLS]),
+         {ALL: "killed by signal 9 while running code cell"}),
+] if CONFINED_SIGNALS else [])
+
+BYSTANDERS = ("01", "02")  # graded after every hostile case, in the same sandbox
+
+
+@dataclasses.dataclass(frozen=True)
+class Batch:
+    results: dict
+    files_before: dict
+    files_after: dict
+    sandbox_folder: Path
+
+
+def _files(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def batch(tmp_path_factory) -> Batch:
+    root = tmp_path_factory.mktemp("hostile")
+    jobs = {}
+    for case in CASES:
+        folder = root / case.name
+        folder.mkdir()
+        if case.notebook in OTHER:
+            other = OTHER[case.notebook]
+            (folder / NOTEBOOKS[other].filename).write_text(json.dumps(complete_submission(other), indent=1))
+        path = folder / NOTEBOOKS[case.notebook].filename
+        if (data := case.build(root)) is not None:
+            path.write_bytes(data)
+        jobs[case.name] = (case.notebook, path)
+    for key in BYSTANDERS:
+        path = root / f"clean-{key}" / NOTEBOOKS[key].filename
+        path.parent.mkdir()
+        path.write_text(json.dumps(complete_submission(key), indent=1))
+        jobs[f"clean-{key}"] = (key, path)
+    before = _files(root)
+    sandbox = Sandbox()
+    results = sandbox.grade_jobs(jobs, TIMEOUTS)
+    return Batch(results, before, _files(root), sandbox.outdir)
+
+
+def _case_ids(cases):
+    return [pytest.param(case, id=case.name) for case in cases]
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+@pytest.mark.parametrize("case", _case_ids(CASES))
+def test_every_check_gets_a_result(case, batch):
+    graded = [result.check.name for result in batch.results[case.name]]
+    assert graded == list(_names(case.notebook)), f"{case.name}: results came back for {graded}"
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+@pytest.mark.parametrize("case", _case_ids(CASES))
+def test_hostile_submission_fails_exactly_the_checks_it_breaks(case, batch):
+    problems = []
+    for result in batch.results[case.name]:
+        words = case.fails.get(ALL, case.fails.get(result.check.name))
+        if words is None and not result.passed:
+            problems.append(f"{result.check.name} should pass but failed: {result.message}")
+        elif words is not None and result.passed:
+            problems.append(f"{result.check.name} passed (expected a failure saying {words!r})")
+        elif words is not None and words.lower() not in result.message.lower():
+            problems.append(f"{result.check.name}'s feedback does not say {words!r}:\n{result.message}")
+    assert not problems, f"{case.name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+@pytest.mark.parametrize("case", _case_ids(CASES))
+def test_feedback_is_short_and_has_no_traceback(case, batch):
+    for result in batch.results[case.name]:
+        assert "Traceback" not in result.message and len(result.message) < 1200, (
+            f"{case.name}, {result.check.name}: feedback a student cannot read:\n{result.message}")
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+@pytest.mark.parametrize("case", _case_ids(CASES))
+def test_no_file_around_the_notebook_changes(case, batch):
+    def of_case(files):
+        return {name: digest for name, digest in files.items() if name.split(os.sep)[0] == case.name}
+    assert of_case(batch.files_after) == of_case(batch.files_before), (
+        f"{case.name}: grading changed, added or removed files in the student's folder")
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+@pytest.mark.parametrize("key", BYSTANDERS)
+def test_notebooks_graded_after_the_hostile_ones_keep_full_marks(key, batch):
+    failed = [f"{r.check.name}: {r.message}" for r in batch.results[f"clean-{key}"] if not r.passed]
+    assert not failed, f"a complete notebook {key} lost points next to hostile ones:\n" + "\n".join(failed)
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+def test_the_sandbox_leaves_nothing_behind(batch):
+    assert not batch.sandbox_folder.exists(), (
+        f"{batch.sandbox_folder} (results, and whatever student code wrote) outlived the grading")
+
+
+# --- the real command line ------------------------------------------------------------------
+
+def _autograder(folder: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "autograder", "--notebooks", str(folder), "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+
+
+def _assert_a_readable_failing_run(run: subprocess.CompletedProcess) -> str:
+    output = run.stdout + run.stderr
+    lines = run.stdout.rstrip().splitlines()
+    assert run.returncode == 1, f"pytest should report failed tests (exit code 1), not {run.returncode}:\n{output}"
+    assert lines and lines[-1].startswith("=") and " failed" in lines[-1] and " in " in lines[-1], (
+        f"the run did not end with pytest's summary line:\n{output}")
+    assert "LoRA course: points" in output and "total (autograded)" in output, f"no points table:\n{output}"
+    assert "Traceback" not in output and "_ _ _ _" not in output, f"tracebacks instead of feedback:\n{output}"
+    return output
+
+
+@pytest.mark.timeout(300)
+def test_command_line_on_a_truncated_notebook_and_an_exit_in_a_graded_function(tmp_path):
+    (tmp_path / NOTEBOOKS["01"].filename).write_bytes(truncated("01")(tmp_path))
+    (tmp_path / NOTEBOOKS["02"].filename).write_bytes(
+        edited("02", flops("    import os\n    os._exit(0)\n"))(tmp_path))
+    output = _assert_a_readable_failing_run(_autograder(tmp_path))
+    assert "is not valid JSON" in output and "was the file truncated" in output, output
+    assert "`lora_flops` raised SystemExit" in output and "os._exit(0)" in output, output
+    table = output.split("LoRA course: points")[1]
+    assert any(line.split()[:3] == ["02", "LoRALinear", "10/10"] for line in table.splitlines()), (
+        f"LoRALinear should keep its points when lora_flops exits:\n{table}")
+
+
+@pytest.mark.timeout(300)
+def test_command_line_on_a_killed_notebook_next_to_a_complete_one(tmp_path):
+    (tmp_path / NOTEBOOKS["01"].filename).write_text(json.dumps(complete_submission("01"), indent=1))
+    (tmp_path / NOTEBOOKS["02"].filename).write_bytes(
+        edited("02", scratch=["import os\nos.kill(os.getpid(), 9)"])(tmp_path))
+    output = _assert_a_readable_failing_run(_autograder(tmp_path))
+    assert "killed by signal 9 while running code cell 2" in output, output
+    table = output.split("LoRA course: points")[1]
+    for task, points in (("silent_failure_case", "2/2"), ("lora_update", "4/4")):
+        assert any(line.split()[:3] == ["01", task, points] for line in table.splitlines()), (
+            f"notebook 01 is complete and should keep {points} for {task}:\n{table}")
