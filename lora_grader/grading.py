@@ -2,6 +2,9 @@
 
 Nothing the student wrote runs here. The sandbox returns plain data; the verdicts compute
 every expected value themselves.
+
+torch (and the checks, which use it) are imported only when judging: starting a Sandbox then
+costs nothing here, and the sandbox's two seconds of importing torch overlap with this process's.
 """
 from __future__ import annotations
 
@@ -14,12 +17,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from lora_grader.checks import NOTEBOOKS, checks_of
-from lora_grader.checks.core import Check, CheckFailed, judge
 from lora_grader.notebook import NotebookUnreadable, code_cells
+
+if TYPE_CHECKING:
+    from lora_grader.checks.core import Check
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -104,6 +108,8 @@ class Sandbox:
             self.close()
 
     def _judge(self, key: str, out: Path, unreadable: str | None, status) -> list[CheckResult]:
+        from lora_grader.checks.core import CheckFailed, judge
+
         notes = "" if unreadable else _cell_error_notes(out / "cells.json")
         ended = unreadable or _how_notebook_ended(status, _read_json(out / "progress.json", dict).get("cell"))
         results = []
@@ -144,6 +150,8 @@ def grade(notebook_dir: Path, keys=None, timeouts: Timeouts = Timeouts()) -> dic
 def _read_outcomes(path: Path, ended: str) -> list[dict]:
     if not path.exists():
         return [{"status": "crashed", "message": ended}]
+    import torch
+
     try:
         outcomes = torch.load(path, weights_only=True)  # plain data only: no code can ride along
     except Exception as error:
