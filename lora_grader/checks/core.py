@@ -170,6 +170,7 @@ def _short_repr(value) -> str:
         text = repr(value)
     except BaseException:
         text = f"<{type(value).__name__}>"
+    text = " ".join(text.split())  # one line, however the object prints itself
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -20,8 +20,12 @@ from lora_grader.checks.core import (
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    name: str  # how the notebook asks for it, for feedback
     as_linear: bool  # False: nn.Parameter (in, r) and (r, out); True: nn.Linear weights (r, in), (out, r)
+
+    def wanted(self, attribute: str) -> str:
+        """What the notebook asks `attribute` to be, for feedback."""
+        sizes = "in_features, rank" if attribute == "lora_A" else "rank, out_features"
+        return f"nn.Linear({sizes}, bias=False)" if self.as_linear else f"an nn.Parameter of shape ({sizes})"
 
     def tensors(self, layer) -> tuple[torch.Tensor, torch.Tensor]:
         """lora_A and lora_B as stored (the Parameter, or the nn.Linear's weight)."""
@@ -32,10 +36,10 @@ class Layout:
                 raise ProbeError(f"LoRALinear has no attribute `{attribute}`: define it in __init__")
             if self.as_linear:
                 if not isinstance(value, nn.Linear):
-                    raise ProbeError(f"`{attribute}` should be {self.name}, but it is a {type(value).__name__}")
+                    raise ProbeError(f"`{attribute}` should be {self.wanted(attribute)}, but it is a {type(value).__name__}")
                 value = value.weight
             elif not isinstance(value, torch.Tensor):
-                raise ProbeError(f"`{attribute}` should be {self.name}, but it is a {type(value).__name__}")
+                raise ProbeError(f"`{attribute}` should be {self.wanted(attribute)}, but it is a {type(value).__name__}")
             found.append(value)
         return found[0], found[1]
 
@@ -221,9 +225,10 @@ def verdict_identity_at_init(case, data):
     seen = _measured(data, "out_init", case)
     base_out, _ = _expected(case)
     if not is_close(seen, base_out):
+        difference = (f"by up to {max_error(seen, base_out):.3g}" if seen.shape == base_out.shape
+                      else f"in shape, {shape_str(seen.shape)} against {shape_str(base_out.shape)}")
         fail(f"at initialisation the layer should equal the base layer (B = 0), but the outputs differ "
-             f"by up to {max_error(seen, base_out) if seen.shape == base_out.shape else 'a shape'}: "
-             f"expected {numbers(base_out)}, got {numbers(seen)}. Is lora_B zero, and is nothing "
+             f"{difference}: expected {numbers(base_out)}, got {numbers(seen)}. Is lora_B zero, and is nothing "
              "added besides base(x) + scaling · (x @ A) @ B?", case)
 
 
@@ -253,7 +258,8 @@ def verdict_values(case, data):
                f"by up to {max_error(seen, expected):.3g}: expected {numbers(expected)}, got {numbers(seen)}")
     factor = fit_scale(seen.double() - base_out, term)
     if factor is not None:
-        message += ". " + scaling_hint(factor, case)
+        hint = scaling_hint(factor, case)
+        message += ". " + hint[0].upper() + hint[1:]
     elif is_close(seen, base_out):
         message += ". The output is just base(x): the LoRA term is never added"
     fail(message, case)

@@ -6,8 +6,7 @@ from lora_grader.checks.core import Check, fail, matmul_flops, returned
 
 MANUAL_POINTS: dict[str, int] = {}
 
-LAYOUT = layer.Layout("an nn.Parameter of shape (in_features, rank) for lora_A, (rank, out_features) "
-                      "for lora_B", as_linear=False)
+LAYOUT = layer.Layout(as_linear=False)
 
 POINTS = {
     "lora_linear_parameters": 1, "lora_linear_init": 1, "lora_linear_output_shape": 1,

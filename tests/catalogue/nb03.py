@@ -61,7 +61,7 @@ ENTRIES = [
         lora_B="nn.Parameter(torch.zeros(self.rank, out_features))",
         init_A="", init_B="",
         forward="return self.base_layer(x) + self.scaling * (x @ self.lora_A) @ self.lora_B",
-    ), "lora_linear_parameters", "should be an nn.Linear(in_features, rank, bias=False)"),
+    ), "lora_linear_parameters", "should be nn.Linear(in_features, rank, bias=False)"),
     bug("03-B-random", "03", lora_linear(init_B="nn.init.normal_(self.lora_B.weight)"),
         "lora_linear_init", "lora_B should start at exactly zero"),
     bug("03-B-left-at-default-init", "03", lora_linear(init_B=""),
