@@ -9,7 +9,7 @@ SOLUTIONS = sorted((Path(__file__).resolve().parents[1] / "solutions" / "lora").
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(90)  # a minute of notebook, plus the kernel's start
+@pytest.mark.timeout(60)  # a minute each, kernel start included
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda path: path.name)
 def test_solution_notebook_executes_without_error(path, tmp_path):
     notebook = nbformat.read(path, as_version=4)
