@@ -37,12 +37,9 @@ class Course:
             (folder / filename).write_text(json.dumps(notebook, indent=1))
         return folder
 
-    def scores(self, student: str) -> dict[str, tuple[float, float]]:
-        """{grade_id: (autograded score, max score)} for every graded cell of the student."""
+    def scores(self, student: str, notebook: str) -> dict[str, tuple[float, float]]:
+        """{grade_id: (autograded score, max score)} for every graded cell of one notebook
+        ("01_elementwise_attempt.ipynb"): grade ids repeat across notebooks."""
         with Gradebook(f"sqlite:///{self.root / 'gradebook.db'}") as gradebook:
-            submission = gradebook.find_submission("lora", student)
-            return {
-                grade.name: (grade.auto_score, grade.max_score)
-                for notebook in submission.notebooks
-                for grade in notebook.grades
-            }
+            submitted = gradebook.find_submission_notebook(Path(notebook).stem, "lora", student)
+            return {grade.name: (grade.auto_score, grade.max_score) for grade in submitted.grades}

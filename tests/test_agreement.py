@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from catalogue import ENTRIES, write_submission
+from lora_grader.checks import NOTEBOOKS
 from lora_grader.grading import Sandbox
 from nbgrader_course import Course
 
@@ -34,7 +35,7 @@ def verdicts(tmp_path_factory):
         list(pool.map(_autograde_shard, courses))
     found = {}
     for entry in ENTRIES:
-        scores = course_of[entry.name].scores(entry.name)
+        scores = course_of[entry.name].scores(entry.name, NOTEBOOKS[entry.notebook].filename)
         found[entry.name] = {
             result.check.name: (result.passed, scores[result.check.name][0] == scores[result.check.name][1])
             for result in ours[entry.name]
