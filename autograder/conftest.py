@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lora_grader.checks import NOTEBOOKS
-from lora_grader.grading import Sandbox
+from lora_grader.grading import SUPPORTED, UNSUPPORTED_MESSAGE, Sandbox
 from lora_grader.report import points_table
 
 SANDBOX = pytest.StashKey[Sandbox]()
@@ -24,11 +24,14 @@ def pytest_addoption(parser):
 
 
 def pytest_sessionstart(session):
+    if not SUPPORTED:
+        raise pytest.UsageError(UNSUPPORTED_MESSAGE)
     session.config.stash[SANDBOX] = Sandbox()  # imports torch while pytest collects
 
 
 def pytest_sessionfinish(session):
-    session.config.stash[SANDBOX].close()
+    if SANDBOX in session.config.stash:
+        session.config.stash[SANDBOX].close()
 
 
 def _notebook_dir(config) -> Path:

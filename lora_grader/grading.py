@@ -50,10 +50,18 @@ class CheckResult:
         return self.check.points if self.passed else 0
 
 
+# The sandbox forks a process per notebook and per probe, and times cells with SIGALRM.
+SUPPORTED = hasattr(os, "fork") and hasattr(signal, "setitimer")
+UNSUPPORTED_MESSAGE = ("the autograder's sandbox needs Linux or macOS (it forks processes and times "
+                       "them with signals); on Windows, run it inside WSL")
+
+
 class Sandbox:
     """One sandbox process. Start it early: it imports torch while the caller does other work."""
 
     def __init__(self) -> None:
+        if not SUPPORTED:
+            raise RuntimeError(UNSUPPORTED_MESSAGE)
         self.closed = False
         self.outdir = Path(tempfile.mkdtemp(prefix="lora-grading-"))
         env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
