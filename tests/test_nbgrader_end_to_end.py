@@ -39,9 +39,7 @@ def course(tmp_path_factory):
     course.submit("complete", {n.filename: complete_submission(key) for key, n in NOTEBOOKS.items()})
     shadow = course.submit("untouched", {n.filename: _released(course, key) for key, n in NOTEBOOKS.items()})
     (shadow / "torch.py").write_text("raise ImportError('a student file shadowed torch')\n")
-    tampered = {n.filename: complete_submission(key) for key, n in NOTEBOOKS.items()}
-    tampered[NOTEBOOKS["01"].filename] = _tamper(tampered[NOTEBOOKS["01"].filename])
-    course.submit("tampered", tampered)
+    course.submit("tampered", {NOTEBOOKS["01"].filename: _tamper(complete_submission("01"))})
     (course.root / "submitted" / "complete" / "lora" / "torch.py").write_text("raise ImportError('shadowed')\n")
     course.nbgrader("autograde", "lora")
     return course
@@ -73,16 +71,15 @@ def test_tampered_test_cells_are_restored_and_the_broken_answer_loses_their_poin
     assert scores["lora_update_shape"] == (0, 1), scores
     assert scores["lora_update_values"] == (0, 2), scores
     assert scores["silent_failure_case"] == (2, 2), "the untouched task keeps its points"
-    for key in set(NOTEBOOKS) - {"01"}:
-        assert _code_score(course, "tampered", key) == CODE_POINTS[key], f"notebook {key} should be unaffected"
+    assert scores["lora_update_never_forms_AB"] == (0, 1), "no point for the FLOPs of a wrong result"
 
 
 @pytest.mark.slow
 def test_feedback_and_export(course):
     course.nbgrader("generate_feedback", "lora")
-    for student in ("complete", "untouched", "tampered"):
-        for notebook in NOTEBOOKS.values():
-            html = course.root / "feedback" / student / "lora" / notebook.filename.replace(".ipynb", ".html")
+    for student, submitted in (("complete", NOTEBOOKS), ("untouched", NOTEBOOKS), ("tampered", ["01"])):
+        for key in submitted:
+            html = course.root / "feedback" / student / "lora" / NOTEBOOKS[key].filename.replace(".ipynb", ".html")
             assert html.exists(), f"no feedback for {student}: {html}"
     assert "CheckFailed" in (course.root / "feedback" / "tampered" / "lora" / "01_elementwise_attempt.html").read_text()
     course.nbgrader("export")
