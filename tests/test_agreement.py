@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from catalogue import ENTRIES, write_submission
+from catalogue import ENTRIES, selected, write_submission
 from lora_grader.checks import NOTEBOOKS
 from lora_grader.grading import Sandbox
 from nbgrader_course import Course
@@ -21,11 +21,13 @@ def _autograde_shard(course: Course) -> Course:
 
 
 @pytest.fixture(scope="module")
-def verdicts(tmp_path_factory):
-    """{entry name: {check name: (passed by pytest autograder, passed by nbgrader)}}"""
+def verdicts(request, tmp_path_factory):
+    """{entry name: {check name: (passed by pytest autograder, passed by nbgrader)}}, for the
+    entries this run selected (all of them, or `-k`'s)."""
+    entries = selected(request.session)
     courses = [Course(tmp_path_factory.mktemp(f"course{shard}")) for shard in range(SHARDS)]
     jobs, course_of = {}, {}
-    for number, entry in enumerate(ENTRIES):
+    for number, entry in enumerate(entries):
         course = course_of[entry.name] = courses[number % SHARDS]
         jobs[entry.name] = (entry.notebook, write_submission(entry, course.root / "submitted" / entry.name / "lora", keep_demos=False))
     ours = Sandbox().grade_jobs(jobs)
@@ -34,7 +36,7 @@ def verdicts(tmp_path_factory):
     with ThreadPoolExecutor(SHARDS) as pool:
         list(pool.map(_autograde_shard, courses))
     found = {}
-    for entry in ENTRIES:
+    for entry in entries:
         scores = course_of[entry.name].scores(entry.name, NOTEBOOKS[entry.notebook].filename)
         found[entry.name] = {
             result.check.name: (result.passed, scores[result.check.name][0] == scores[result.check.name][1])

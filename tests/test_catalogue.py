@@ -2,18 +2,16 @@
 variant gets full marks. Graded by `pytest autograder`'s engine, in one sandbox."""
 import pytest
 
-from catalogue import BUGS, ENTRIES, VARIANTS, write_submission
+from catalogue import BUGS, VARIANTS, selected, write_submission
 from lora_grader.grading import Sandbox
 
 
 @pytest.fixture(scope="module")
 def graded(request, tmp_path_factory):
     """{entry name: [CheckResult]} for the entries this run selected (all of them, or `-k`'s)."""
-    selected = {item.callspec.params["entry"].name for item in request.session.items
-                if "entry" in getattr(getattr(item, "callspec", None), "params", {})}
     folder = tmp_path_factory.mktemp("catalogue")
     jobs = {entry.name: (entry.notebook, write_submission(entry, folder / entry.name))
-            for entry in ENTRIES if entry.name in selected}
+            for entry in selected(request.session)}
     return Sandbox().grade_jobs(jobs)
 
 

@@ -57,6 +57,13 @@ BUGS = [entry for entry in ENTRIES if entry.is_bug]
 VARIANTS = [entry for entry in ENTRIES if not entry.is_bug]
 
 
+def selected(session) -> list[Entry]:
+    """The entries a pytest run selected (all of them, or those `-k` kept), in catalogue order."""
+    names = {item.callspec.params["entry"].name for item in session.items
+             if "entry" in getattr(getattr(item, "callspec", None), "params", {})}
+    return [entry for entry in ENTRIES if entry.name in names]
+
+
 def _grade_id(cell) -> str | None:
     return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
 

@@ -41,6 +41,16 @@ ENTRIES = [
         lora_A="nn.Parameter(torch.randn(rank, in_features))",
         forward="self.base_layer(x) + (x @ self.lora_A.T) @ self.lora_B * self.scaling",
     ), "lora_linear_parameters", "transposed convention"),
+    # The challenge's Attempt #2 is right for notebook 03, which asks for nn.Linear adapters; this
+    # notebook asks for (in, r) and (r, out) Parameters, and its feedback must say so.
+    bug("02-seed-attempt-2", "02", lora_linear(
+        lora_A="nn.Linear(in_features, self.rank, bias=False)",
+        lora_B="nn.Linear(self.rank, out_features, bias=False)",
+        freeze="self.base_layer.requires_grad_(False)\n"
+               "        nn.init.normal_(self.lora_A.weight)\n"
+               "        nn.init.zeros_(self.lora_B.weight)",
+        forward="self.base_layer(x) + self.scaling * self.lora_B(self.lora_A(x))",
+    ), "lora_linear_parameters", "should be an nn.Parameter of shape (in_features, rank), but it is a Linear"),
     bug("02-adapters-are-plain-tensors", "02", lora_linear(
         lora_A="torch.randn(in_features, rank, requires_grad=True)",
         lora_B="torch.zeros(rank, out_features, requires_grad=True)",

@@ -94,6 +94,7 @@ ENTRIES = [
     bug("03-merged-weight-forward", "03", lora_linear(
         forward="return self.base_layer(x) + self.scaling * x @ (self.lora_B.weight @ self.lora_A.weight).T",
     ), "lora_linear_flops", "matrix formed"),
+    variant("03-seed-attempt-2-verbatim", "03", lora_linear()),
     variant("03-kaiming-uniform-A", "03", lora_linear(
         init_A="nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))",
     )),
