@@ -21,6 +21,7 @@ import nbformat
 import pytest
 
 from catalogue import ROOT, complete_submission
+from catalogue.nb02 import lora_linear
 from lora_grader.checks import NOTEBOOKS, checks_of
 from lora_grader.grading import Sandbox, Timeouts
 from lora_grader.sandbox import landlock_abi
@@ -135,25 +136,6 @@ RIGHT_FLOPS = """
 """
 
 
-def layer(forward: str, init: str = "") -> dict:
-    return {"lora_linear_answer": f"""
-class LoRALinear(nn.Module):
-    def __init__(self, base_layer, rank=4, alpha=1):
-        super().__init__()
-        self.base_layer = base_layer
-        self.rank = rank
-        self.alpha = alpha
-        self.scaling = alpha / rank
-        self.lora_A = nn.Parameter(torch.randn(base_layer.in_features, rank))
-        self.lora_B = nn.Parameter(torch.zeros(rank, base_layer.out_features))
-        self.base_layer.requires_grad_(False)
-{init}
-    def forward(self, x):
-{forward}
-"""}
-
-
-RIGHT_FORWARD = "        return self.base_layer(x) + (x @ self.lora_A) @ self.lora_B * self.scaling"
 
 # Patches a student might try so that "the tests pass": they live in the sandbox's process only,
 # and the verdicts (in the grader's process) never call them.
@@ -283,7 +265,7 @@ CASES = [
     Case("02-task-renamed", "02", edited("02", {"lora_flops_answer": (
         "def flops_of_lora(num_tokens, in_features, out_features, rank, materialize=False):" + RIGHT_FLOPS)}),
          {name: "`lora_flops` is not defined" for name in FLOPS}),
-    Case("02-syntax-error", "02", edited("02", layer("        return self.base_layer(x) +")),
+    Case("02-syntax-error", "02", edited("02", lora_linear(forward="self.base_layer(x) +")),
          {name: "raised SyntaxError" for name in LAYER}),
     # --- exits --------------------------------------------------------------------------------
     # At top level, sys.exit() and exit() behave as in Jupyter (and under nbgrader): the cell
@@ -313,9 +295,12 @@ CASES = [
          {name: f"still running after {TIMEOUTS.check:g} s: is there an endless loop?" for name in FLOPS}),
     # A given cell of notebook 02 calls forward at top level. Run All would hang there in Jupyter
     # too, and nbgrader could not grade the notebook: every check fails, naming that cell.
-    Case("02-loop-ignoring-interrupts-in-forward", "02", edited("02", layer(
-        "        import time\n        while True:\n            try:\n                time.sleep(0.01)\n"
-        "            except BaseException:\n                pass")),
+    Case("02-loop-ignoring-interrupts-in-forward", "02", edited("02", lora_linear(
+        forward="self.spin()",
+        freeze="self.base_layer.requires_grad_(False)\n\n"
+               "    def spin(self):\n        import time\n        while True:\n            try:\n"
+               "                time.sleep(0.01)\n            except BaseException:\n                pass",
+    )),
          {ALL: "did not finish in time while running code cell"}),
     # --- patches that would make comparisons lie ------------------------------------------------
     Case("01-patched-comparisons-wrong-update", "01",
@@ -323,8 +308,7 @@ CASES = [
          {"lora_update_values": "was scaling never applied",
           "lora_update_never_forms_AB": "only counts for a correct result"}),
     Case("02-patched-comparisons-wrong-scaling", "02", edited(
-        "02", {"lora_linear_answer": layer(RIGHT_FORWARD)["lora_linear_answer"].replace(
-            "self.scaling = alpha / rank", "self.scaling = alpha")}, scratch=[PATCH_COMPARISONS]),
+        "02", lora_linear(scaling="alpha"), scratch=[PATCH_COMPARISONS]),
          {"lora_linear_values": "alpha instead of alpha / rank", "lora_linear_scaling": "should be alpha / rank",
           "lora_linear_flops": "only counts for a correct output"}),
     # --- return values that lie ------------------------------------------------------------------
