@@ -79,8 +79,10 @@ class Sandbox:
             {key: (key, Path(notebook_dir) / NOTEBOOKS[key].filename) for key in sorted(keys)}, timeouts
         )
 
-    def grade_jobs(self, jobs: dict[str, tuple[str, Path]], timeouts: Timeouts = Timeouts()) -> dict[str, list[CheckResult]]:
-        """Grade many notebooks in one sandbox: jobs maps an id to (notebook key, path)."""
+    def grade_jobs(self, jobs: dict[str, tuple[str, Path]], timeouts: Timeouts = Timeouts(),
+                   parallel: int | None = None) -> dict[str, list[CheckResult]]:
+        """Grade many notebooks in one sandbox: jobs maps an id to (notebook key, path). At most
+        `parallel` notebooks run at once (default: one per core, at least two)."""
         specs, unreadable = [], {}
         for job_id, (key, path) in jobs.items():
             try:
@@ -91,7 +93,7 @@ class Sandbox:
             specs.append({"id": job_id, "key": key, "cells": cells, "checks": [c.name for c in checks_of(key)]})
         job = {
             "notebooks": specs,
-            "parallel": max(2, os.cpu_count() or 1),
+            "parallel": parallel or max(2, os.cpu_count() or 1),
             "cell_timeout": timeouts.cell,
             "check_timeout": timeouts.check,
             "notebook_timeout": timeouts.notebook,
