@@ -12,10 +12,11 @@ import pytest
 
 from lora_grader.checks import NOTEBOOKS
 from lora_grader.grading import SUPPORTED, UNSUPPORTED_MESSAGE, Sandbox
-from lora_grader.report import points_table
+from lora_grader.report import integrity_report, points_table
 
 SANDBOX = pytest.StashKey[Sandbox]()
 RESULTS = pytest.StashKey[dict]()
+INTEGRITY = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser):
@@ -45,8 +46,10 @@ def graded(request):
     config = request.config
     if RESULTS not in config.stash:
         keys = {item.module.NOTEBOOK for item in request.session.items if hasattr(item.module, "NOTEBOOK")}
-        results = config.stash[SANDBOX].grade(_notebook_dir(config), keys)
+        sandbox = config.stash[SANDBOX]
+        results = sandbox.grade(_notebook_dir(config), keys)
         config.stash[RESULTS] = {(r.notebook, r.check.name): r for rs in results.values() for r in rs}
+        config.stash[INTEGRITY] = sandbox.integrity
 
     def judge(notebook: str, check) -> None:
         result = config.stash[RESULTS][(notebook, check.name)]
@@ -61,3 +64,6 @@ def pytest_terminal_summary(terminalreporter, config):
         results = list(config.stash[RESULTS].values())
         terminalreporter.write_sep("=", "LoRA course: points")
         terminalreporter.write_line(points_table(results, _notebook_dir(config)))
+        if report := integrity_report(config.stash[INTEGRITY]):
+            terminalreporter.write_sep("=", "Integrity: for a person to read, not a verdict")
+            terminalreporter.write_line(report)

@@ -11,15 +11,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_grader.checks import NOTEBOOKS, checks_of
+from lora_grader import channel, integrity
+from lora_grader.checks import NOTEBOOKS, checks_of, probe_groups
 from lora_grader.notebook import NotebookUnreadable, code_cells
 
 if TYPE_CHECKING:
@@ -64,12 +68,15 @@ class Sandbox:
             raise RuntimeError(UNSUPPORTED_MESSAGE)
         self.closed = False
         self.outdir = Path(tempfile.mkdtemp(prefix="lora-grading-"))
-        env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1")
+        self.integrity: dict[str, Integrity] = {}
+        self.run_id = uuid.uuid4().hex  # in the environment of every process of this run, to find strays
+        env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
+                   LORA_GRADING_RUN=self.run_id)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         with open(self.outdir / "sandbox.log", "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lora_grader.sandbox", str(self.outdir)],
-                stdin=subprocess.PIPE, stdout=log, stderr=log, cwd=self.outdir, env=env,
+                [sys.executable, "-m", "lora_grader.sandbox"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=self.outdir, env=env,
                 start_new_session=True,  # one process group: every descendant is killed at the end
             )
 
@@ -80,58 +87,96 @@ class Sandbox:
         )
 
     def grade_jobs(self, jobs: dict[str, tuple[str, Path]], timeouts: Timeouts = Timeouts(),
-                   parallel: int | None = None) -> dict[str, list[CheckResult]]:
+                   parallel: int | None = None, on_notebook=None, limits: dict | None = None,
+                   ) -> dict[str, list[CheckResult]]:
         """Grade many notebooks in one sandbox: jobs maps an id to (notebook key, path). At most
-        `parallel` notebooks run at once (default: one per core, at least two)."""
+        `parallel` notebooks run at once (default: one per core, at least two). `on_notebook(id,
+        results)` is called as each notebook is judged. Integrity flags land in `self.integrity`.
+        `limits` lowers the sandbox's resource bounds (sandbox.LIMITS), for tests."""
         specs, unreadable = [], {}
+        self.timeouts = timeouts
         for job_id, (key, path) in jobs.items():
             try:
                 cells = code_cells(path)
             except NotebookUnreadable as error:
                 unreadable[job_id] = str(error)
                 continue
-            specs.append({"id": job_id, "key": key, "cells": cells, "checks": [c.name for c in checks_of(key)]})
+            self.integrity[job_id] = Integrity(flags=[str(flag) for flag in integrity.scan(cells)])
+            specs.append({"id": job_id, "key": key, "cells": cells})
         job = {
             "notebooks": specs,
             "parallel": parallel or max(2, os.cpu_count() or 1),
             "cell_timeout": timeouts.cell,
             "check_timeout": timeouts.check,
             "notebook_timeout": timeouts.notebook,
+            "grader_pid": os.getpid(),
+            "limits": limits or {},
         }
         # The sandbox bounds each notebook itself; this only guards against the sandbox hanging.
         waves = -(-len(specs) // job["parallel"])
-        most_checks = max((len(spec["checks"]) for spec in specs), default=0)
-        try:
-            self.process.stdin.write((json.dumps(job) + "\n").encode())
-            self.process.stdin.close()
-            self.process.wait(timeout=waves * (timeouts.notebook + most_checks * (timeouts.check + 1)) + 60)
-        except (subprocess.TimeoutExpired, BrokenPipeError):
-            pass
-        self._stop()
-        try:
-            statuses = _read_json(self.outdir / "status.json", dict)
-            return {
-                job_id: self._judge(key, self.outdir / job_id, unreadable.get(job_id), statuses.get(job_id))
-                for job_id, (key, _) in jobs.items()
-            }
-        finally:
-            self.close()
+        most_checks = max((len(checks_of(spec["key"])) for spec in specs), default=0)
+        watchdog = threading.Timer(waves * (timeouts.notebook + most_checks * (timeouts.check + 1)) + 60, self._stop)
+        watchdog.start()
+        results = {}
 
-    def _judge(self, key: str, out: Path, unreadable: str | None, status) -> list[CheckResult]:
+        def judged(job_id: str, record) -> None:
+            key = jobs[job_id][0]
+            results[job_id] = self._judge(job_id, key, record, unreadable.get(job_id))
+            if on_notebook is not None:
+                on_notebook(job_id, results[job_id])
+
+        try:
+            for job_id in unreadable:
+                judged(job_id, None)
+            try:
+                self.process.stdin.write((json.dumps(job) + "\n").encode())
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+            while (record := channel.read_record(self.process.stdout)) is not None:
+                job_id = record[0].get("id")
+                if job_id in jobs and job_id not in results:
+                    judged(job_id, record)
+            for job_id in jobs:
+                if job_id not in results:
+                    judged(job_id, None)
+        finally:
+            watchdog.cancel()
+            self.close()
+        return {job_id: results[job_id] for job_id in jobs}
+
+    def _judge(self, job_id: str, key: str, record, unreadable: str | None) -> list[CheckResult]:
         from lora_grader.checks.core import CheckFailed, judge
 
-        notes = "" if unreadable else _cell_error_notes(out / "cells.json")
-        ended = unreadable or _how_notebook_ended(status, _read_json(out / "progress.json", dict).get("cell"))
-        results = []
-        for check in checks_of(key):
-            outcomes = _read_outcomes(out / f"{check.name}.pt", ended)
-            try:
-                judge(check, check.all_cases, outcomes, notes)
-                message = ""
-            except CheckFailed as failure:
-                message = str(failure)
-            results.append(CheckResult(key, check, message))
-        return results
+        if unreadable:
+            return [CheckResult(key, check, printable(unreadable)) for check in checks_of(key)]
+        header, frames = record if record is not None else ({}, [])
+        sent = _Sent(frames)
+        integrity_of = self.integrity.setdefault(job_id, Integrity())
+        integrity_of.attempts = sent.attempts
+        integrity_of.undone = sent.undone
+        if header.get("tampered") or sent.tampered:
+            integrity_of.tampered = printable(str(header.get("tampered") or sent.tampered))[:300]
+        notes = _cell_error_notes(sent.cell_errors)
+        ended = _how_notebook_ended(header, sent.progress) if record is not None else (
+            "the notebook was still running when the grader's time ran out")
+        by_check = {}
+        for index, group in enumerate(probe_groups(key)):
+            outcomes = sent.outcomes.get(index) or _probe_failure(sent.probe_ended.get(index), ended, self.timeouts.check)
+            for check in group:
+                try:
+                    if integrity_of.tampered:
+                        raise CheckFailed(f"this notebook is marked as tampered ({integrity_of.tampered}): "
+                                          "it scores 0 until a person has looked at it")
+                    judge(check, check.all_cases, outcomes, notes)
+                    message = ""
+                except CheckFailed as failure:
+                    message = str(failure)
+                except Exception as error:  # a verdict that could not read what came back
+                    message = (f"the grader could not judge what `{check.task}` produced "
+                               f"({type(error).__name__}): was it changed on its way back?")
+                by_check[check.name] = CheckResult(key, check, printable(message))
+        return [by_check[check.name] for check in checks_of(key)]
 
     def _stop(self) -> None:
         """Kill the sandbox and every process it started, once: later, its group id may be reused."""
@@ -157,32 +202,85 @@ def grade(notebook_dir: Path, keys=None, timeouts: Timeouts = Timeouts()) -> dic
         sandbox.close()
 
 
-def _read_outcomes(path: Path, ended: str) -> list[dict]:
-    if not path.exists():
-        return [{"status": "crashed", "message": ended}]
-    import torch
+@dataclasses.dataclass
+class Integrity:
+    """What a person should look at in one notebook; none of it changes the points by itself,
+    except `tampered` (a forged result), which scores the notebook 0."""
+    flags: list[str] = dataclasses.field(default_factory=list)  # code that reaches for the grader
+    attempts: list[str] = dataclasses.field(default_factory=list)  # what the sandbox refused
+    undone: list[str] = dataclasses.field(default_factory=list)  # patches put back before checking
+    tampered: str = ""
 
-    try:
-        outcomes = torch.load(path, weights_only=True)  # plain data only: no code can ride along
-    except Exception as error:
-        return [{"status": "crashed", "message": f"its result could not be read ({type(error).__name__})"}]
-    return outcomes if isinstance(outcomes, list) else []
-
-
-def _read_json(path: Path, kind: type):
-    """A file the sandbox wrote, or an empty `kind`: student code can reach some of them."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return kind()
-    return data if isinstance(data, kind) else kind()
+    def lines(self) -> list[str]:
+        lines = [f"tampered: {self.tampered}"] * bool(self.tampered)
+        lines += [f"refused: {what}" for what in self.attempts]
+        lines += [f"patched (put back before checking): {what}" for what in self.undone]
+        return lines + [f"flag: {flag}" for flag in self.flags]
 
 
-def _how_notebook_ended(status, cell) -> str:
+class _Sent:
+    """What a notebook's processes sent, decoded without trusting any of it."""
+
+    def __init__(self, frames) -> None:
+        self.progress = None
+        self.tampered = ""
+        self.cell_errors, self.attempts, self.undone = [], [], []
+        self.outcomes, self.probe_ended = {}, {}
+        for kind, payload in frames:
+            if kind == channel.PROGRESS:
+                self.progress = channel.unpack_int(payload)
+                continue
+            data = channel.load(payload)
+            if not isinstance(data, dict):
+                continue
+            if kind == channel.CELLS:
+                self.cell_errors = _strings_of(data.get("errors"), dict)
+                self.attempts += _strings_of(data.get("attempts"), str)
+                self.undone = _strings_of(data.get("undone"), str)
+            elif kind == channel.OUTCOMES and isinstance(data.get("group"), int):
+                outcomes = data.get("outcomes")
+                if data["group"] in self.outcomes:
+                    self.tampered = "two results for one probe: only one process of the grader sends it"
+                self.outcomes.setdefault(data["group"], outcomes if isinstance(outcomes, list) else [])
+                self.attempts += [a for a in _strings_of(data.get("attempts"), str) if a not in self.attempts]
+            elif kind == channel.PROBE_ENDED and isinstance(data.get("group"), int):
+                self.probe_ended.setdefault(data["group"], data)
+        self.attempts = [printable(a)[:200] for a in self.attempts[:20]]
+        self.undone = [printable(u)[:200] for u in self.undone[:20]]
+
+
+def _strings_of(value, kind) -> list:
+    return [item for item in value if isinstance(item, kind)][:50] if isinstance(value, list) else []
+
+
+def _probe_failure(ended: dict | None, notebook_ended: str, timeout: float) -> list[dict]:
+    """The outcome of a probe that sent no result, from how its process ended."""
+    if not isinstance(ended, dict):
+        return [{"status": "crashed", "message": notebook_ended}]
+    how, code = ended.get("how"), ended.get("code")
+    if how == "timeout":
+        return [{"status": "timeout", "message": f"still running after {timeout:g} s: is there an endless loop?"}]
+    if how == "signal":
+        message = f"the process running it was killed by signal {code} (out of memory? a crash?)"
+    else:
+        message = f"the process running it ended (exit code {code}) before returning a result"
+    return [{"status": "crashed", "message": message}]
+
+
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """Text from student code, safe for a terminal: control characters and escape codes escaped."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
+
+
+def _how_notebook_ended(header: dict, cell) -> str:
     """Why a check may have no result, from how the notebook's process ended and where it was."""
-    status = status if isinstance(status, dict) else {}
-    how, code = status.get("how"), status.get("code")
+    how, code = header.get("how"), header.get("code")
     where = f" while running code cell {cell}" if isinstance(cell, int) else ""
+    if header.get("limit"):
+        return f"the notebook was stopped{where}: {header['limit']}"
     if how == "timeout":
         return (f"the notebook did not finish in time{where}, even when interrupted: is there an "
                 "endless loop that catches the interrupt (`except BaseException:` or a bare `except:`)?")
@@ -196,8 +294,7 @@ def _how_notebook_ended(status, cell) -> str:
     return "the notebook was still running when the grader's time ran out"
 
 
-def _cell_error_notes(path: Path) -> str:
-    errors = [error for error in _read_json(path, list) if isinstance(error, dict)]
+def _cell_error_notes(errors: list[dict]) -> str:
     return "".join(
         f"\n  Note: code cell {error.get('cell')} of the notebook raised {error.get('type')}: {error.get('message')}"
         for error in errors[:3]

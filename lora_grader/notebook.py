@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+MAX_NOTEBOOK_BYTES = 64 * 2**20  # far above any notebook of the course, far below a full disk
 SKIP_TAG = "skip-autograder"  # demos, plots and benchmarks that define nothing graded
 CELL_MAGICS_THAT_RUN_PYTHON = {"time", "timeit", "capture"}
 
@@ -19,10 +20,16 @@ class NotebookUnreadable(Exception):
 
 def load(path: Path) -> dict:
     path = Path(path)
+    if path.exists() and not path.is_file():  # a FIFO or a device, whose reading could block or never end
+        raise NotebookUnreadable(f"{path.name} is not a regular file: save the notebook again from Jupyter")
     if not path.is_file():
         raise NotebookUnreadable(f"{path.name} was not found in {path.parent} (renamed or moved?)")
     try:
-        raw = path.read_bytes()
+        if path.stat().st_size > MAX_NOTEBOOK_BYTES:
+            raise NotebookUnreadable(f"{path.name} is larger than {MAX_NOTEBOOK_BYTES // 2**20} MB: "
+                                     "clear its outputs (Edit > Clear Outputs of All Cells) and save it again")
+        with open(path, "rb") as file:
+            raw = file.read(MAX_NOTEBOOK_BYTES + 1)
     except OSError as error:
         raise NotebookUnreadable(f"{path.name} could not be read ({error.strerror or error})") from None
     if not raw.strip():

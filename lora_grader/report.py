@@ -40,3 +40,14 @@ def points_table(results, notebook_dir=None) -> str:
         lines.append(f"Next: notebook {first_failure.notebook}, {first_failure.check.name}. "
                      f"Re-run just that with: pytest autograder -k {first_failure.check.name}")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def integrity_report(integrity: dict) -> str:
+    """Per notebook, what the sandbox refused or put back and the code that reaches for the grader."""
+    lines = []
+    for key in sorted(integrity):
+        found = integrity[key].lines()
+        if found:
+            lines.append(f"notebook {key}:")
+            lines.extend(f"  {line}" for line in found)
+    return "\n".join(lines)

@@ -1,40 +1,53 @@
 """The sandbox: where student code runs, away from the grader.
 
-`python -m lora_grader.sandbox OUTDIR` imports torch and the checks, then reads one job (a JSON
-line) from stdin: notebooks to run, each with an id, at most `parallel` at a time. Importing first
-lets the grader start the sandbox before it knows what to grade. Each notebook runs in a process
-forked from here, and each probe in a process forked from the notebook's, so an exit, a crash or
-a hang costs only the checks (or notebook) it happens in. Everything comes back as files:
-`<id>/<check>.pt` (plain data, read with `torch.load(weights_only=True)`), `<id>/cells.json`
-(cells that raised), `<id>/progress.json` (the cell running last) and, written only by this
-process, `status.json` (how each notebook's process ended).
+`python -m lora_grader.sandbox` imports torch and the checks, then reads one job (a JSON line)
+from stdin: notebooks to run, each with an id, at most `parallel` at a time. Importing first lets
+the grader start the sandbox before it knows what to grade. Each notebook runs in a process forked
+from here, and each probe in a process forked from the notebook's, so an exit, a crash or a hang
+costs only the checks (or notebook) it happens in.
 
-Where Linux offers Landlock, a notebook's processes may change files only in its own folder
-under OUTDIR, and may signal only the processes they started: student code can neither touch the
-student's files nor kill the grader or another notebook.
+Results come back on a pipe per notebook, as token-checked frames (channel.py); this process
+writes one record per notebook to stdout, for the grader. No file carries a result. This process
+runs no student code: it watches each notebook's memory (all its processes together), the disk it
+fills and its time, kills the notebook past a bound, and, as the subreaper of everything started
+below it, kills every process a notebook left behind, however it detached itself.
 """
 from __future__ import annotations
 
 import builtins
-import ctypes
 import json
 import linecache
 import os
-import posix
 import resource
+import secrets
+import select
 import signal
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
 
-from lora_grader.checks import checks_of
+from lora_grader import channel
+from lora_grader.channel import CELLS, OUTCOMES, PROBE_ENDED, PROGRESS
+from lora_grader.checks import NOTEBOOKS, probe_groups
 from lora_grader.checks.core import collect, count_flops, safe_str
+from lora_grader.confinement import PR_SET_CHILD_SUBREAPER, landlock, landlock_abi, prctl, readable_roots, seccomp
+from lora_grader.guard import GRADER_DIR, Guards
 
-MEMORY_LIMIT_BYTES = 8 * 2**30
-FILE_SIZE_LIMIT_BYTES = 64 * 2**20  # per file the student writes: enough for any exercise, not a full disk
+__all__ = ["landlock_abi", "LIMITS"]
+
+LIMITS = {
+    "address_space": 8 * 2**30,  # per process (RLIMIT_AS)
+    "file_size": 64 * 2**20,  # per file (RLIMIT_FSIZE): enough for any exercise, not a full disk
+    "memory": 4 * 2**30,  # resident memory of all of a notebook's processes together
+    "disk": 256 * 2**20,  # everything a notebook writes into its folder, together
+    "files": 10_000,  # files and folders it creates there
+    "forks": 64,  # processes a notebook's code may start, probes included
+}
+_WATCH_EVERY = 0.2  # seconds between looks at each notebook's memory and disk
 
 # Bound before any student code runs, so that patching `os` cannot disarm the sandbox.
 _fork, _exit, _kill, _waitpid = os.fork, os._exit, os.kill, os.waitpid
@@ -51,23 +64,7 @@ def _student_exit(status=0):
     raise SystemExit(status)
 
 
-def _ignore(*args, **kwargs):
-    return None
-
-
-def _write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
-
-
-def _save_outcomes(path: Path, outcomes) -> None:
-    tmp = path.with_suffix(".tmp")
-    _save(outcomes, tmp)
-    tmp.replace(path)
-
-
-def _reap(pid: int, deadline: float) -> tuple[str, int] | None:
+def _status(pid: int, deadline: float) -> tuple[str, int] | None:
     """How a child ended ('exited'|'signal'|'timeout', code), killing it past the deadline;
     None while it still runs."""
     done, status = _waitpid(pid, os.WNOHANG)
@@ -82,75 +79,7 @@ def _reap(pid: int, deadline: float) -> tuple[str, int] | None:
     return None
 
 
-def _wait(pid: int, deadline: float) -> tuple[str, int]:
-    while (ended := _reap(pid, deadline)) is None:
-        _sleep(0.002)
-    return ended
-
-
-# --- Landlock: the kernel's sandbox for unprivileged processes (Linux 5.13+) -----------------
-
-_LANDLOCK_CREATE_RULESET, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT_SELF = 444, 445, 446  # all but alpha
-_FS_WRITE_FILE = 1 << 1
-_FS_CHANGES = 0x1FF2  # write, remove file/dir, make char/dir/reg/sock/fifo/block/sym (ABI 1)
-_FS_REFER, _FS_TRUNCATE = 1 << 13, 1 << 14  # ABI 2, ABI 3
-_SCOPE_SIGNAL = 1 << 1  # ABI 6
-
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64),
-                ("scoped", ctypes.c_uint64)]
-
-
-class _PathBeneath(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-def _syscall(*args) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    return libc.syscall(*(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
-
-
-def landlock_abi() -> int:
-    """The Landlock version this kernel offers, 0 if none."""
-    if not sys.platform.startswith("linux") or os.uname().machine == "alpha":
-        return 0
-    try:
-        return max(0, _syscall(_LANDLOCK_CREATE_RULESET, None, 0, 1))  # 1: ask for the version
-    except (OSError, AttributeError):
-        return 0
-
-
-def confine(writable: Path) -> int:
-    """From now on this process and its children may create, change or delete files only beneath
-    `writable` (and write to /dev/null), and, from ABI 6, signal only processes they started.
-    Returns the ABI used; 0 where the kernel has no Landlock and nothing is confined."""
-    abi = landlock_abi()
-    if abi < 1:
-        return 0
-    fs = _FS_CHANGES | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
-    attr = _RulesetAttr(fs, 0, _SCOPE_SIGNAL if abi >= 6 else 0)
-    ruleset = _syscall(_LANDLOCK_CREATE_RULESET, ctypes.byref(attr), ctypes.sizeof(attr), 0)
-    if ruleset < 0:
-        return 0
-    try:
-        for path, allowed in ((writable, fs), (os.devnull, _FS_WRITE_FILE | (fs & _FS_TRUNCATE))):
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            try:
-                rule = _PathBeneath(allowed, fd)
-                if _syscall(_LANDLOCK_ADD_RULE, ruleset, 1, ctypes.byref(rule), 0) < 0:  # 1: path beneath
-                    return 0
-            finally:
-                os.close(fd)
-        ctypes.CDLL(None).prctl(38, *map(ctypes.c_ulong, (1, 0, 0, 0)))  # PR_SET_NO_NEW_PRIVS: Landlock needs it
-        return abi if _syscall(_LANDLOCK_RESTRICT_SELF, ruleset, 0) == 0 else 0
-    finally:
-        os.close(ruleset)
-
-
-# --- one notebook --------------------------------------------------------------------------
+# --- one notebook (in its own process) -------------------------------------------------------
 
 def _on_alarm(signum, frame):
     raise CellTimeout()
@@ -173,14 +102,16 @@ def run_cell(number: int, source: str, namespace: dict, timeout: float) -> dict 
     except SyntaxError as error:
         return {"cell": number, "type": "SyntaxError", "message": f"{error.msg} (line {error.lineno})"}
     except BaseException as error:
-        return {"cell": number, "type": type(error).__name__, "message": safe_str(error)[:300]}
+        return {"cell": number, "type": type(error).__name__[:100], "message": safe_str(error)[:300]}
 
 
-def _isolate(out: Path) -> None:
+def _isolate(out: Path, keep_fd: int, limits: dict) -> None:
     """Cut the notebook's process off from the grader and the student's files before any of its
-    code runs: its own scratch folder (also for temporary files), no stdin, no output (nobody
-    reads it, and a cell that prints forever must not fill the disk), bounded memory and file
-    sizes and, where Linux has Landlock, no changes outside `out` and no signals to other processes."""
+    code runs: its own process group and scratch folder (also for temporary files), no stdin, no
+    output (nobody reads it, and a cell that prints forever must not fill the disk), no file
+    descriptor of the sandbox but its own results pipe, bounded memory and file sizes, and what
+    the kernel enforces (confinement.py)."""
+    os.setpgid(0, 0)
     scratch = out / "scratch"
     scratch.mkdir()
     os.chdir(scratch)
@@ -189,100 +120,297 @@ def _isolate(out: Path) -> None:
     os.dup2(null_in, 0)
     os.dup2(null_out, 1)
     os.dup2(null_out, 2)
-    for limit, value in ((resource.RLIMIT_AS, MEMORY_LIMIT_BYTES), (resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT_BYTES),
+    os.closerange(3, keep_fd)
+    os.closerange(keep_fd + 1, 65536)
+    for limit, value in ((resource.RLIMIT_AS, limits["address_space"]), (resource.RLIMIT_FSIZE, limits["file_size"]),
                          (resource.RLIMIT_CORE, 0)):
         try:
             resource.setrlimit(limit, (value, value))
         except (ValueError, OSError):
             pass
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the size limit fails, rather than killing
-    confine(out)
+    landlock(out, readable_roots(Path(GRADER_DIR)))
+    seccomp()
 
 
-def _probe_groups(key: str, names) -> list[list]:
-    """Checks that share a probe and its cases, in order. Each group's probe runs once, so a
-    hang in the student's code costs one check timeout, not one per check that reads it."""
-    groups: dict[tuple, list] = {}
-    for check in checks_of(key):
-        if check.name in names:
-            groups.setdefault((check.probe, check.task, repr(check.all_cases)), []).append(check)
-    return list(groups.values())
+def _student_namespace() -> types.ModuleType:
+    """A fresh `__main__`, as in a Jupyter kernel; `display` does nothing (nobody sees output)."""
+    main = types.ModuleType("__main__")
+    main.__builtins__ = builtins
+    exec("def display(*objects, **options):\n    pass\n", vars(main))
+    return main
 
 
-def run_notebook(job: dict, spec: dict, out: Path) -> None:
-    groups = _probe_groups(spec["key"], spec["checks"])  # before any student code can patch the checks
-    _isolate(out)
-    namespace = {"__name__": "__main__", "__builtins__": builtins, "display": _ignore}
+def run_notebook(job: dict, spec: dict, out: Path, fd: int, token: bytes) -> None:
+    groups = probe_groups(spec["key"])  # before any student code can patch the checks
+
+    def send(kind, data):
+        channel.send(fd, token, kind, data, _save)
+
+    limits = {**LIMITS, **job.get("limits", {})}
+    _isolate(out, fd, limits)
+    guards = Guards(limits["forks"], {os.getppid(), int(job.get("grader_pid", 0))} - {0})
+    main = _student_namespace()
+    guards.install(main)
+    namespace = vars(main)
     errors = []
+    me = os.getpid()
     for number, source in spec["cells"]:
-        _write_json(out / "progress.json", {"cell": number})  # where it was, should the process die
-        if error := run_cell(number, source, namespace, job["cell_timeout"]):
+        channel.send_raw(fd, token, PROGRESS, channel.pack_int(number))  # where it was, should it die
+        error = run_cell(number, source, namespace, job["cell_timeout"])
+        if os.getpid() != me:
+            _exit(0)  # a process the student forked, returning from the cell: it is not the notebook
+        if error:
             errors.append(error)
-    _write_json(out / "progress.json", {"cell": None})
-    _write_json(out / "cells.json", errors)
-    for group in groups:
-        _run_probe_forked(group, namespace, out, job["check_timeout"])
+    undone = guards.restore()
+    guards.note_refused_forks()
+    send(CELLS, {"errors": errors[:20], "attempts": list(guards.attempts), "undone": undone[:50]})
+    for index, group in enumerate(groups):
+        _run_probe_forked(index, group, namespace, job["check_timeout"], send, guards)
 
 
-def _run_probe_forked(group: list, namespace: dict, out: Path, timeout: float) -> None:
-    paths = [out / f"{check.name}.pt" for check in group]
+def _run_probe_forked(index: int, group: list, namespace: dict, timeout: float, send, guards: Guards) -> None:
     pid = _fork()
     if pid == 0:
         try:
-            confine(out)  # a nested domain: a graded function cannot signal the notebook's process
-            os._exit = posix._exit = _student_exit  # an exit in a graded function becomes a located error
+            os._exit = _student_exit  # an exit in a graded function becomes a located error
             outcomes = collect(group[0], namespace, group[0].all_cases)
-            for path in paths:
-                _save_outcomes(path, outcomes)
+            try:
+                send(OUTCOMES, {"group": index, "outcomes": outcomes, "attempts": list(guards.attempts)})
+            except channel.TooLarge as error:
+                send(OUTCOMES, {"group": index, "outcomes": [{"status": "probe", "message": str(error)}],
+                                "attempts": list(guards.attempts)})
         finally:
             _exit(0)
-    how, code = _wait(pid, _monotonic() + timeout)
-    if how == "timeout":
-        message = f"still running after {timeout:g} s: is there an endless loop?"
-    elif how == "signal":
-        message = f"the process running it was killed by signal {code} (out of memory? a crash?)"
-    else:
-        message = f"the process running it ended (exit code {code}) before returning a result"
-    for path in paths:
-        if not path.exists():
-            _save_outcomes(path, [{"status": "timeout" if how == "timeout" else "crashed", "message": message}])
+    deadline = _monotonic() + timeout
+    while (ended := _status(pid, deadline)) is None:
+        _sleep(0.002)
+    send(PROBE_ENDED, {"group": index, "how": ended[0], "code": ended[1]})
 
 
 # --- the sandbox's own process -------------------------------------------------------------
 
-def main(outdir: str) -> None:
+class _Notebook:
+    """A notebook's process as the sandbox watches it."""
+
+    def __init__(self, spec: dict, outdir: Path, job: dict) -> None:
+        self.id = spec["id"]
+        self.out = outdir / f"notebook-{secrets.token_hex(8)}"
+        self.out.mkdir()
+        self.token = secrets.token_bytes(channel.TOKEN_BYTES)
+        self.reader = channel.FrameReader(self.token)
+        self.deadline = _monotonic() + job["notebook_timeout"]
+        self.probe_time = len(probe_groups(spec["key"])) * (job["check_timeout"] + 1)
+        self.cells_done = False
+        self.tampered = ""
+        self.limit = ""
+        self.pid = 0
+        self.fd = -1
+        self.limits = {**LIMITS, **job.get("limits", {})}
+
+    def receive(self, data: bytes) -> None:
+        if self.tampered:
+            return
+        before = len(self.reader.frames)
+        try:
+            self.reader.feed(data)
+        except channel.Forged as forged:
+            self.tampered = str(forged)
+            return
+        for kind, _ in self.reader.frames[before:]:
+            if kind == CELLS and not self.cells_done:
+                self.cells_done = True
+                self.deadline += self.probe_time  # its cells had notebook_timeout; now each probe check_timeout
+            elif kind in (OUTCOMES, PROBE_ENDED) and not self.cells_done:
+                self.tampered = "a result arrived while the notebook's own cells were still running"
+
+
+def _start(spec: dict, job: dict, outdir: Path, open_fds: list[int]) -> _Notebook:
+    notebook = _Notebook(spec, outdir, job)
+    read_end, write_end = os.pipe()
+    pid = _fork()
+    if pid == 0:
+        code = 1  # the sandbox's own failure, told apart from a student's os._exit(0)
+        try:
+            for fd in open_fds + [read_end]:
+                os.close(fd)
+            run_notebook(job, spec, notebook.out, write_end, notebook.token)
+            code = 0
+        finally:
+            _exit(code)
+    os.close(write_end)
+    os.set_blocking(read_end, False)
+    notebook.pid, notebook.fd = pid, read_end
+    return notebook
+
+
+def _drain(notebook: _Notebook) -> None:
+    while True:
+        try:
+            data = os.read(notebook.fd, 1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            return
+        notebook.receive(data)
+
+
+def _processes() -> dict[int, tuple[int, int]]:
+    """{pid: (parent pid, resident bytes)} of every process this user can see (Linux /proc)."""
+    found = {}
+    page = os.sysconf("SC_PAGE_SIZE")
+    for entry in os.listdir("/proc") if os.path.isdir("/proc/self") else ():
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+            found[int(entry)] = (int(fields[1]), int(fields[21]) * page)
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _descendants(root: int, processes: dict) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in processes.items():
+        children.setdefault(parent, []).append(pid)
+    found, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        found.append(pid)
+        stack.extend(children.get(pid, ()))
+    return found
+
+
+def _disk_use(folder: Path, most_files: int) -> tuple[int, int]:
+    """Bytes on disk and entries beneath `folder` (counting stops past `most_files`)."""
+    size = count = 0
+    stack = [str(folder)]
+    while stack and count <= most_files:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            count += 1
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            size += info.st_blocks * 512 if hasattr(info, "st_blocks") else info.st_size
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+    return size, count
+
+
+def _proportional_memory(pid: int, resident: int) -> int:
+    """Memory a process uses, its share of pages shared with others included once (Linux's PSS);
+    forked processes share torch's pages, which resident sizes would count again for each."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resident
+
+
+def _over_limit(notebook: _Notebook, processes: dict) -> str:
+    limits = notebook.limits
+    memory = sum(_proportional_memory(pid, processes[pid][1])
+                 for pid in _descendants(notebook.pid, processes) if pid in processes)
+    if memory > limits["memory"]:
+        return f"its processes used more than {limits['memory'] / 2**30:g} GB of memory together"
+    size, count = _disk_use(notebook.out, limits["files"])
+    if size > limits["disk"]:
+        return f"it wrote more than {limits['disk'] // 2**20} MB of files"
+    if count > limits["files"]:
+        return f"it created more than {limits['files']:,} files"
+    return ""
+
+
+def _kill_tree(pid: int, processes: dict) -> None:
+    for member in _descendants(pid, processes):
+        try:
+            _kill(member, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _sweep_orphans(running: dict) -> None:
+    """Kill and reap whatever a notebook left behind: as subreaper, this process inherits every
+    process whose parent died, whether it called setsid() or forked twice."""
+    me = os.getpid()
+    processes = _processes()
+    for pid, (parent, _) in processes.items():
+        if parent == me and pid not in running:
+            _kill_tree(pid, processes)
+            try:
+                _waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def _finish(notebook: _Notebook, ended: tuple[str, int]) -> None:
+    _drain(notebook)
+    os.close(notebook.fd)
+    try:
+        os.killpg(notebook.pid, signal.SIGKILL)  # what it started and left in its group
+    except (ProcessLookupError, PermissionError):
+        pass
+    how, code = ended
+    header = {"id": notebook.id, "how": how, "code": code, "tampered": notebook.tampered, "limit": notebook.limit}
+    progress = [frame for frame in notebook.reader.frames if frame[0] == PROGRESS][-1:]
+    channel.write_record(sys.stdout.buffer, header,
+                         progress + [frame for frame in notebook.reader.frames if frame[0] != PROGRESS])
+
+
+def main() -> None:
     torch.set_num_threads(1)  # small tensors, and forking after a thread pool exists is unsafe
     count_flops(lambda: torch.ones(1, 1) @ torch.ones(1, 1))  # its first use costs seconds: pay once
     import matplotlib.pyplot  # noqa: F401  the notebooks plot; importing it takes seconds: pay once
+    for key in NOTEBOOKS:
+        probe_groups(key)  # every check module, imported before student code could shadow one
+    subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1)
     line = sys.stdin.readline()
     if not line.strip():
         return
     job = json.loads(line)
-    pending, running, statuses = list(job["notebooks"]), {}, {}
+    outdir = Path(tempfile.mkdtemp(prefix="notebooks-", dir=os.getcwd()))
+    pending, running = list(job["notebooks"]), {}
+    last_watch = 0.0
     while pending or running:
         while pending and len(running) < job["parallel"]:
-            spec = pending.pop(0)
-            out = Path(outdir) / spec["id"]
-            out.mkdir(parents=True, exist_ok=True)
-            probe_time = len(_probe_groups(spec["key"], spec["checks"])) * (job["check_timeout"] + 1)
-            pid = _fork()
-            if pid == 0:
-                code = 1  # the sandbox's own failure, told apart from a student's os._exit(0)
-                try:
-                    run_notebook(job, spec, out)
-                    code = 0
-                finally:
-                    _exit(code)
-            running[pid] = (spec["id"], out, _monotonic() + job["notebook_timeout"], probe_time)
-        for pid, (job_id, out, deadline, probe_time) in list(running.items()):
-            # its cells get notebook_timeout; once they are done, each probe gets check_timeout
-            if ended := _reap(pid, deadline + (probe_time if (out / "cells.json").exists() else 0)):
-                statuses[job_id] = {"how": ended[0], "code": ended[1]}
-                _write_json(Path(outdir) / "status.json", statuses)
+            notebook = _start(pending.pop(0), job, outdir, [n.fd for n in running.values()])
+            running[notebook.pid] = notebook
+        ready = select.select([n.fd for n in running.values()], [], [], 0.01)[0]
+        for notebook in list(running.values()):
+            if notebook.fd in ready:
+                _drain(notebook)
+        watch = _monotonic() - last_watch > _WATCH_EVERY
+        processes = _processes() if watch else {}
+        for pid, notebook in list(running.items()):
+            if watch and not notebook.limit and (reason := _over_limit(notebook, processes)):
+                notebook.limit = reason
+                _kill_tree(pid, processes)
+            deadline = notebook.deadline if not notebook.tampered else 0.0
+            if ended := _status(pid, deadline):
+                _finish(notebook, ended)
                 del running[pid]
-        _sleep(0.002)
+        if watch:
+            last_watch = _monotonic()
+            if subreaper:
+                _sweep_orphans(running)
+    if subreaper:
+        for _ in range(50):  # until nothing is left
+            _sweep_orphans({})
+            if not any(parent == os.getpid() for parent, _ in _processes().values()):
+                break
+            _sleep(0.02)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()
     _exit(0)  # skip interpreter finalization: with torch loaded it takes a second

@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +51,8 @@ class Case:
     notebook: str
     build: Callable[[Path], bytes | None]  # the file's bytes (None: no file), given the batch's root
     fails: dict  # check name (or ALL) -> words its message must contain; every other check must pass
+    refused: tuple = ()  # words that must appear among what the sandbox refused (integrity report)
+    flagged: tuple = ()  # words that must appear among the integrity flags of its code
 
 
 def _text(source) -> str:
@@ -59,20 +63,27 @@ def _code(source: str) -> dict:
     return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
 
 
-def edited(key, answers=None, scratch=(), after="imports", at_end=(), transform=None) -> Callable:
-    """A complete submission with solution cells replaced ({grade_id: source}), scratch code cells
-    inserted after the cell `after` and appended at the end, then `transform`ed."""
+def _values(root: Path) -> dict:
+    """What a cell's source may name: the batch's folder, the repository, the test's listeners."""
+    return {"root": root, "repo": ROOT, "port": LISTENERS.get("port", 0), "unix": LISTENERS.get("unix", "")}
+
+
+def edited(key, answers=None, scratch=(), after="imports", at_end=(), transform=None, release=False) -> Callable:
+    """A complete submission (or the untouched release) with solution cells replaced ({grade_id:
+    source}), scratch code cells inserted after the cell `after` and appended at the end, then
+    `transform`ed."""
     def build(root: Path) -> bytes:
-        notebook = complete_submission(key)
+        notebook = json.loads((ROOT / "course" / "lora" / NOTEBOOKS[key].filename).read_text()) if release \
+            else complete_submission(key)
         cells = []
         for cell in notebook["cells"]:
             grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
             if grade_id in (answers or {}):
-                cell["source"] = answers[grade_id].format(root=root).strip("\n") + "\n"
+                cell["source"] = answers[grade_id].format(**_values(root)).strip("\n") + "\n"
             cells.append(cell)
             if grade_id == after:
-                cells.extend(_code(source.format(root=root)) for source in scratch)
-        cells.extend(_code(source.format(root=root)) for source in at_end)
+                cells.extend(_code(source.format(**_values(root))) for source in scratch)
+        cells.extend(_code(source.format(**_values(root))) for source in at_end)
         notebook["cells"] = cells
         if transform:
             notebook = transform(notebook)
@@ -82,6 +93,10 @@ def edited(key, answers=None, scratch=(), after="imports", at_end=(), transform=
 
 def raw(data: bytes | None) -> Callable:
     return lambda root: data
+
+
+FIFO = b"<a named pipe instead of a file>"
+SPARSE_65_MB = b"<a 65 MB file>"
 
 
 def truncated(key) -> Callable:
@@ -228,10 +243,195 @@ def try_to(action):
     except OSError:
         pass
 try_to(lambda: os.kill(os.getppid(), signal.SIGKILL))  # the sandbox, running the other notebooks
-grader = int(open(f"/proc/{{os.getppid()}}/stat").read().rsplit(")", 1)[1].split()[1])
-try_to(lambda: os.kill(grader, signal.SIGKILL))  # the grader itself
-os.killpg(os.getpgid(0), signal.SIGKILL)  # the whole process group: only this notebook may die
+try_to(lambda: os.kill(int(open(f"/proc/{{os.getppid()}}/stat").read().rsplit(")", 1)[1].split()[1]),
+                       signal.SIGKILL))  # the grader itself
+try_to(lambda: os.killpg(os.getpgid(os.getppid()), signal.SIGKILL))  # the sandbox's process group
+os.killpg(os.getpgid(0), signal.SIGKILL)  # its own process group: only this notebook may die
 """
+
+# --- attacks on the grader itself (issue: the grader under attack) ---------------------------
+
+LISTENERS: dict = {}  # a TCP port and a Unix socket path the batch listens on, outside the sandbox
+
+# What forged results looked like when probes wrote them to files: correct-looking outcomes under
+# every check's name, everywhere a cell might guess the grader looks.
+FORGED_RESULT_FILES = """
+import os, torch
+forged = [{{"status": "ok", "data": {{"kind": "int", "value": 0}}}}]
+for folder in (".", "..", "../..", os.environ.get("TMPDIR", ".")):
+    for name in NAMES:
+        for suffix in (".pt", ".tmp", ".json"):
+            try:
+                torch.save(forged, os.path.join(folder, name + suffix))
+            except OSError:
+                pass
+    for name in ("status.json", "cells.json", "progress.json"):
+        try:
+            open(os.path.join(folder, name), "w").write("{{}}")
+        except OSError:
+            pass
+"""
+
+# Correct-looking frames of the results channel written to every file descriptor: no token.
+WRITES_TO_EVERY_DESCRIPTOR = """
+import os
+frame = b"LGR2" + bytes(16) + bytes([3]) + (8).to_bytes(4, "big") + bytes(8)
+for fd in range(3, 256):
+    try:
+        os.write(fd, frame)
+    except OSError:
+        pass
+"""
+
+# Deliberate introspection: walk up from its own frame to the notebook runner's, take the token
+# and the pipe, and send a result for the first probe. It cannot be prevented in one process;
+# it must not score silently.
+FORGES_WITH_THE_TOKEN = """
+import io, os, torch
+try:
+    raise RuntimeError
+except RuntimeError as error:
+    frame = error.__traceback__.tb_frame
+while frame is not None and "token" not in frame.f_locals:
+    frame = frame.f_back
+buffer = io.BytesIO()
+torch.save({{"group": 0, "outcomes": [], "attempts": []}}, buffer)
+payload = buffer.getvalue()
+os.write(frame.f_locals["fd"], b"LGR2" + frame.f_locals["token"] + bytes([3]) + len(payload).to_bytes(4, "big") + payload)
+"""
+
+REACHES_FOR_THE_GRADER = """
+import ctypes, gc, os, sys
+reached = []
+def attempt(what, action):
+    try:
+        action()
+        reached.append(what)
+    except Exception:
+        pass
+attempt("gc", lambda: gc.get_objects())
+attempt("gc referrers", lambda: gc.get_referrers(torch))
+attempt("frames", lambda: sys._getframe(3))  # the lambda, attempt, the cell, then the sandbox
+attempt("own memory", lambda: open("/proc/self/mem", "rb"))
+attempt("the sandbox's environment", lambda: open(f"/proc/{{os.getppid()}}/environ").read())
+attempt("ctypes", lambda: ctypes.CDLL(None))
+attempt("the grader in sys.modules", lambda: sys.modules["lora_grader"])
+attempt("the sandbox as __main__", lambda: sys.modules["__main__"].run_notebook)
+attempt("a tracer", lambda: sys.settrace(lambda *args: None))
+attempt("a shell", lambda: os.system("true"))
+if reached:
+    del lora_flops  # the sandbox let one through: lose the points, so that the test sees it
+    raise RuntimeError(f"reached {{reached}}")
+"""
+
+PATCHES_THE_FLOP_COUNTER = """
+import torch.utils.flop_counter
+torch.utils.flop_counter.FlopCounterMode.get_total_flops = lambda self: 0
+torch.utils.flop_counter.FlopCounterMode.__enter__ = lambda self: self
+torch.utils.flop_counter.FlopCounterMode.__exit__ = lambda self, *args: None
+"""
+
+NETWORK = """
+import socket
+reached = []
+for family, address in ((socket.AF_INET, ("127.0.0.1", {port})), (socket.AF_UNIX, "{unix}")):
+    try:
+        with socket.socket(family) as connection:
+            connection.settimeout(2)
+            connection.connect(address)
+            reached.append(address)
+    except OSError:
+        pass
+try:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        reached.append("bind")
+except OSError:
+    pass
+if reached:
+    del lora_flops
+"""
+
+READS_OTHER_WORK = """
+import glob, os
+found = []
+for pattern in ("{root}/*/*.ipynb", "{repo}/solutions/lora/*.ipynb", "{repo}/lora_grader/checks/*.py"):
+    found += glob.glob(pattern)
+for path in ("{repo}/solutions/lora/01_elementwise_attempt.ipynb", "{repo}/lora_grader/checks/nb01.py",
+             "{root}/clean-01/01_elementwise_attempt.ipynb", "{repo}/gradebook.db"):
+    try:
+        open(path).read(1)
+        found.append(path)
+    except OSError:
+        pass
+if found:
+    del lora_flops
+"""
+
+CHANGES_MODES_AND_TIMES = """
+import os
+for path in ("{root}/02-changes-modes-and-times/02_factored_fix.ipynb", "{root}/clean-01/01_elementwise_attempt.ipynb",
+             "{root}"):
+    for action in (lambda: os.chmod(path, 0o777), lambda: os.utime(path, (0, 0)),
+                   lambda: os.setxattr(path, "user.graded", b"yes")):
+        try:
+            action()
+        except OSError:
+            pass
+"""
+
+DETACHES_PROCESSES = """
+import os, time
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        if os.fork() == 0:
+            time.sleep(600)
+        os._exit(0)
+    os.waitpid(pid, 0)
+"""
+
+FORK_BOMB = """
+import os
+for _ in range(12):
+    os.fork()
+"""
+
+USES_MEMORY_IN_MANY_PROCESSES = """
+import os, time
+for _ in range(4):
+    if os.fork() == 0:
+        block = bytearray(400 * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(30)
+        os._exit(0)
+time.sleep(30)
+"""
+
+WRITES_MANY_MEGABYTES = """
+import time
+for n in range(4):
+    with open(f"part{{n}}.bin", "wb") as file:
+        file.write(bytes(40 * 2**20))
+time.sleep(30)
+"""
+
+WRITES_MANY_FILES = """
+import os, time
+os.mkdir("many")
+for n in range(3000):
+    open(f"many/{{n}}", "w").close()
+time.sleep(30)
+"""
+
+ESCAPE_CODES = ('    raise type("Bad\\x1b[31mError", (Exception,), {{}})("\\x1b[2J\\x1b]0;owned\\x07cleared")\n')
+
+RETURNS_A_HUGE_TENSOR = "    return torch.zeros(3000, 3000)\n"  # 36 MB: more than any check reads
+
+# The limits the batch runs under: low enough to cross quickly, far above what a notebook needs.
+BATCH_LIMITS = {"memory": 2**30, "disk": 100 * 2**20, "files": 2000, "forks": 16}
 
 
 def _unreadable_cases(key: str) -> list[Case]:
@@ -285,8 +485,11 @@ CASES = [
          edited("02", flops("    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n")),
          {name: "killed by signal 9" for name in FLOPS}),
     Case("01-segfault-in-function", "01", edited("01", {
-        "silent_failure_case_answer": "def silent_failure_case():\n    import ctypes\n    ctypes.string_at(0)\n"}),
+        "silent_failure_case_answer": "def silent_failure_case():\n    import faulthandler\n    faulthandler._sigsegv()\n"}),
          {"silent_failure_case": "killed by signal 11"}),
+    Case("01-ctypes-in-function", "01", edited("01", {
+        "silent_failure_case_answer": "def silent_failure_case():\n    import ctypes\n    ctypes.string_at(0)\n"}),
+         {"silent_failure_case": "does not allow ctypes"}, refused=("ctypes",), flagged=("ctypes",)),
     Case("01-kill-self-top-level", "01", edited("01", scratch=["import os\nos.kill(os.getpid(), 9)"]),
          {ALL: "killed by signal 9 while running code cell 2"}),
     # --- hangs --------------------------------------------------------------------------------
@@ -357,7 +560,47 @@ CASES = [
     Case("01-update-computes-nothing", "01", edited("01", update(
         "    return torch.zeros(*x.shape[:-1], lora_B.shape[-1])\n")),
          {"lora_update_values": "values differ", "lora_update_never_forms_AB": "only counts for a correct result"}),
+    # --- forged results, tampering and the answer key ----------------------------------------------
+    Case("01-release-with-forged-result-files", "01", edited("01", release=True, at_end=[
+        f"NAMES = {list(_names('01'))!r}" + FORGED_RESULT_FILES]), {ALL: "not implemented yet"}),
+    Case("02-release-with-forged-result-files", "02", edited("02", release=True, at_end=[
+        f"NAMES = {list(_names('02'))!r}" + FORGED_RESULT_FILES]), {ALL: "not implemented yet"}),
+    Case("02-writes-frames-to-every-descriptor", "02", edited("02", at_end=[WRITES_TO_EVERY_DESCRIPTOR]),
+         {ALL: "marked as tampered"}, flagged=("raw file descriptor",)),
+    Case("01-release-forges-with-the-token", "01", edited("01", release=True, at_end=[FORGES_WITH_THE_TOKEN]),
+         {ALL: "marked as tampered"}, flagged=("f_back", "f_locals", "traceback's frame")),
+    Case("02-imports-the-answer-key", "02", edited("02", {
+        "lora_flops_answer": "from lora_grader.checks.nb02 import reference_flops as lora_flops"}),
+         {name: "cannot be imported" for name in FLOPS}, flagged=("grader's own package",)),
+    Case("02-imports-the-grader-by-a-computed-name", "02", edited("02", {"lora_flops_answer": (
+        "import importlib\nkey = importlib.import_module('lora_' + 'grader.checks.nb02')\n"
+        "lora_flops = key.reference_flops")}),
+         {name: "cannot be imported" for name in FLOPS}, flagged=("importlib",)),
+    Case("02-reaches-for-the-grader", "02", edited("02", at_end=[REACHES_FOR_THE_GRADER]), {},
+         refused=("gc.get_objects", "gc.get_referrers", "sys._getframe", "/proc", "ctypes", "sys.settrace", "shell"),
+         flagged=("gc", "ctypes", "sys.modules", "/proc")),
+    Case("01-patches-the-flop-counter-to-hide-AB", "01", edited(
+        "01", update("    return x @ (lora_A @ lora_B) * scaling\n"), scratch=[PATCHES_THE_FLOP_COUNTER]),
+         {"lora_update_never_forms_AB": "A @ B"}, flagged=("assigns to an attribute",)),
+    # --- bounds on the whole notebook -------------------------------------------------------------
+    Case("02-detaches-processes", "02", edited("02", at_end=[DETACHES_PROCESSES]), {}, flagged=("setsid",)),
+    Case("02-fork-bomb", "02", edited("02", at_end=[FORK_BOMB]), {}, refused=("more than 16 processes",)),
+    Case("02-memory-in-many-processes", "02", edited("02", at_end=[USES_MEMORY_IN_MANY_PROCESSES]),
+         {ALL: "GB of memory together"}),
+    Case("02-writes-many-megabytes", "02", edited("02", at_end=[WRITES_MANY_MEGABYTES]), {ALL: "MB of files"}),
+    Case("02-writes-many-files", "02", edited("02", at_end=[WRITES_MANY_FILES]), {ALL: "2,000 files"}),
+    Case("02-network", "02", edited("02", at_end=[NETWORK]), {}, refused=("network socket",), flagged=("socket",)),
+    Case("02-changes-modes-and-times", "02", edited("02", at_end=[CHANGES_MODES_AND_TIMES]), {},
+         refused=("mode", "times")),
+    Case("01-escape-codes-in-an-error", "01", edited("01", update(ESCAPE_CODES)),
+         {name: "\\x1b[2j" for name in UPDATE}),
+    Case("01-returns-a-huge-tensor", "01", edited("01", update(RETURNS_A_HUGE_TENSOR)),
+         {name: "too large to check" for name in UPDATE}),
+    Case("02-named-pipe-instead-of-a-notebook", "02", raw(FIFO), {ALL: "not a regular file"}),
+    Case("01-notebook-of-65-mb", "01", raw(SPARSE_65_MB), {ALL: "larger than 64 MB"}),
 ] + ([
+    Case("02-reads-other-work", "02", edited("02", at_end=[READS_OTHER_WORK]), {}),
+] if CONFINED_FILES else []) + ([
     Case("02-attacks-the-files-around-it", "02", edited("02", at_end=[FILE_ATTACKS]), {}),
 ] if CONFINED_FILES else []) + ([
     Case("02-kills-the-sandbox-and-the-grader", "02", edited("02", at_end=[KILLS]),
@@ -373,18 +616,36 @@ class Batch:
     files_before: dict
     files_after: dict
     sandbox_folder: Path
+    integrity: dict
+    run_id: str
 
 
-def _files(folder: Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "folder"
-        for path in sorted(folder.rglob("*"))
-    }
+def _files(folder: Path) -> dict[str, tuple]:
+    """Every path beneath `folder` (and the folder itself): its content's digest, mode, times and
+    extended attributes."""
+    def state(path: Path) -> tuple:
+        info = path.lstat()
+        digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and path.stat().st_size < 2**24 \
+            else path.is_dir() and "folder" or f"{info.st_size} bytes"
+        xattrs = sorted(os.listxattr(path, follow_symlinks=False)) if hasattr(os, "listxattr") else []
+        return digest, info.st_mode, info.st_mtime_ns, tuple(xattrs)
+    return {str(path.relative_to(folder)): state(path) for path in [folder, *sorted(folder.rglob("*"))]
+            if not path.is_socket()}
 
 
 @pytest.fixture(scope="module")
 def batch(tmp_path_factory) -> Batch:
     root = tmp_path_factory.mktemp("hostile")
+    with socket.socket() as tcp, socket.socket(socket.AF_UNIX) as unix:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        unix.bind(str(root / "grader.sock"))
+        unix.listen()
+        LISTENERS.update(port=tcp.getsockname()[1], unix=str(root / "grader.sock"))
+        return _grade_batch(root)
+
+
+def _grade_batch(root: Path) -> Batch:
     jobs = {}
     for case in CASES:
         folder = root / case.name
@@ -393,7 +654,12 @@ def batch(tmp_path_factory) -> Batch:
             other = OTHER[case.notebook]
             (folder / NOTEBOOKS[other].filename).write_text(json.dumps(complete_submission(other), indent=1))
         path = folder / NOTEBOOKS[case.notebook].filename
-        if (data := case.build(root)) is not None:
+        if (data := case.build(root)) == FIFO:
+            os.mkfifo(path)
+        elif data == SPARSE_65_MB:
+            with open(path, "wb") as file:
+                file.truncate(65 * 2**20)
+        elif data is not None:
             path.write_bytes(data)
         jobs[case.name] = (case.notebook, path)
     for key in BYSTANDERS:
@@ -403,8 +669,8 @@ def batch(tmp_path_factory) -> Batch:
         jobs[f"clean-{key}"] = (key, path)
     before = _files(root)
     sandbox = Sandbox()
-    results = sandbox.grade_jobs(jobs, TIMEOUTS)
-    return Batch(results, before, _files(root), sandbox.outdir)
+    results = sandbox.grade_jobs(jobs, TIMEOUTS, limits=BATCH_LIMITS)
+    return Batch(results, before, _files(root), sandbox.outdir, sandbox.integrity, sandbox.run_id)
 
 
 def _case_ids(cases):
@@ -445,7 +711,7 @@ def test_feedback_is_short_and_has_no_traceback(case, batch):
 @pytest.mark.parametrize("case", _case_ids(CASES))
 def test_no_file_around_the_notebook_changes(case, batch):
     def of_case(files):
-        return {name: digest for name, digest in files.items() if name.split(os.sep)[0] == case.name}
+        return {name: state for name, state in files.items() if name.split(os.sep)[0] in (case.name, ".")}
     assert of_case(batch.files_after) == of_case(batch.files_before), (
         f"{case.name}: grading changed, added or removed files in the student's folder")
 
@@ -461,6 +727,51 @@ def test_notebooks_graded_after_the_hostile_ones_keep_full_marks(key, batch):
 def test_the_sandbox_leaves_nothing_behind(batch):
     assert not batch.sandbox_folder.exists(), (
         f"{batch.sandbox_folder} (results, and whatever student code wrote) outlived the grading")
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+@pytest.mark.parametrize("case", _case_ids([case for case in CASES if case.refused or case.flagged]))
+def test_the_integrity_report_names_what_the_code_reached_for(case, batch):
+    integrity = batch.integrity[case.name]
+    refused, flags = "\n".join(integrity.attempts), "\n".join(integrity.flags)
+    missing = [f"refused: {words}" for words in case.refused if words.lower() not in refused.lower()]
+    missing += [f"flag: {words}" for words in case.flagged if words.lower() not in flags.lower()]
+    assert not missing, f"{case.name}: the integrity report lacks {missing}:\n{integrity.lines()}"
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+@pytest.mark.parametrize("key", BYSTANDERS)
+def test_a_complete_notebook_has_nothing_to_report(key, batch):
+    assert not batch.integrity[f"clean-{key}"].lines()
+
+
+_RAW_CONTROL = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f]")
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+@pytest.mark.parametrize("case", _case_ids(CASES))
+def test_feedback_never_sends_control_characters_to_the_terminal(case, batch):
+    for result in batch.results[case.name]:
+        assert not _RAW_CONTROL.search(result.message), f"{case.name}, {result.check.name}: {result.message!r}"
+
+
+def _processes_of_run(run_id: str) -> list[str]:
+    """Processes whose environment marks them as started by one grading run."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as environ:
+                if f"LORA_GRADING_RUN={run_id}".encode() in environ.read().split(b"\0"):
+                    found.append(entry)
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.timeout(BATCH_TIME_LIMIT)
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc to list processes")
+def test_no_process_outlives_the_run(batch):
+    assert not _processes_of_run(batch.run_id), "processes started by graded notebooks outlived the run"
 
 
 # --- the real command line ------------------------------------------------------------------

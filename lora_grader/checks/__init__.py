@@ -29,3 +29,13 @@ NOTEBOOKS = {
 
 def checks_of(key: str):
     return NOTEBOOKS[key].module.CHECKS
+
+
+def probe_groups(key: str) -> list[list]:
+    """Checks that share a probe and its cases, in order. Each group's probe runs once, so a hang
+    in the student's code costs one check timeout, not one per check that reads it; the grader
+    knows from the same groups which check each result belongs to."""
+    groups: dict[tuple, list] = {}
+    for check in checks_of(key):
+        groups.setdefault((check.probe, check.task, repr(check.all_cases)), []).append(check)
+    return list(groups.values())
