@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from lora_grader.checks import NOTEBOOKS
+from lora_grader import confinement
 from lora_grader.grading import SUPPORTED, UNSUPPORTED_MESSAGE, Sandbox
 from lora_grader.report import integrity_report, points_table
 
@@ -64,6 +65,7 @@ def pytest_terminal_summary(terminalreporter, config):
         results = list(config.stash[RESULTS].values())
         terminalreporter.write_sep("=", "LoRA course: points")
         terminalreporter.write_line(points_table(results, _notebook_dir(config)))
+        terminalreporter.write_line(confinement.describe())
         if report := integrity_report(config.stash[INTEGRITY]):
             terminalreporter.write_sep("=", "Integrity: for a person to read, not a verdict")
             terminalreporter.write_line(report)

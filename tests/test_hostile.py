@@ -26,7 +26,7 @@ from catalogue import ROOT, complete_submission
 from catalogue.nb02 import lora_linear
 from lora_grader.checks import NOTEBOOKS, checks_of
 from lora_grader.grading import Sandbox, Timeouts
-from lora_grader.sandbox import landlock_abi
+from lora_grader.confinement import landlock_abi, seccomp_supported
 
 TIMEOUTS = Timeouts(cell=5.0, check=5.0, notebook=15.0)  # short, with room for a busy 2-core machine
 BATCH_TIME_LIMIT = 240  # seconds: the sandbox's own bound for this batch is far above what it takes
@@ -818,3 +818,58 @@ def test_command_line_on_a_killed_notebook_next_to_a_complete_one(tmp_path):
     for task, points in (("silent_failure_case", "2/2"), ("lora_update", "4/4")):
         assert any(line.split()[:3] == ["01", task, points] for line in table.splitlines()), (
             f"notebook 01 is complete and should keep {points} for {task}:\n{table}")
+
+
+@pytest.mark.timeout(300)
+def test_where_the_kernel_confines_nothing_the_run_still_grades_and_says_so(tmp_path):
+    for key in ("01", "02"):
+        (tmp_path / NOTEBOOKS[key].filename).write_text(json.dumps(complete_submission(key), indent=1))
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "autograder", "--notebooks", str(tmp_path), "-k", "01 or 02",
+         "-p", "no:cacheprovider"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "LORA_GRADER_CONFINEMENT": "off"},
+    )
+    assert run.returncode == 0, f"complete notebooks should pass without confinement too:\n{run.stdout[-3000:]}"
+    assert "sandbox: the kernel confines nothing here" in run.stdout, run.stdout[-2000:]
+
+
+@pytest.mark.skipif(not (CONFINED_FILES and seccomp_supported()), reason="this kernel lacks Landlock or seccomp")
+def test_the_run_says_what_the_kernel_confines(tmp_path):
+    (tmp_path / NOTEBOOKS["01"].filename).write_text(json.dumps(complete_submission("01"), indent=1))
+    output = _autograder(tmp_path).stdout
+    assert "sandbox: confines files" in output and "by seccomp" in output, output[-2000:]
+
+
+# Data a sandbox could send back for any probe, if something forged it: every verdict must turn
+# it into feedback without allocating in proportion to a number in it.
+JUDGE_JUNK = r"""
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
+import torch
+from lora_grader.checks import NOTEBOOKS, checks_of
+from lora_grader.checks.core import CheckFailed, judge
+
+huge = 60_000
+junk = [None, {}, [], huge, "x" * 10_000, {"kind": "int", "value": huge * huge},
+        {"spec": {"in_features": huge, "out_features": huge, "rank": huge, "x_shape": [huge, huge]},
+         "lora_A": torch.zeros(2, 2), "output": torch.zeros(2, 2), "error": ""},
+        {key: huge for key in ("in_features", "out_features", "rank", "num_tokens", "shape", "size", "count")},
+        {key: [huge, huge] for key in ("shape", "x_shape", "weight_shape", "A_shape", "B_shape")}]
+for key in NOTEBOOKS:
+    for check in checks_of(key):
+        for data in junk:
+            try:
+                judge(check, check.cases, [{"status": "ok", "data": data}] * len(check.cases))
+            except CheckFailed as failure:
+                if "MemoryError" in str(failure):
+                    print(f"{check.name} ran out of memory on {str(data)[:80]}")
+print("judged")
+"""
+
+
+@pytest.mark.timeout(300)
+def test_no_verdict_allocates_in_proportion_to_a_forged_number():
+    run = subprocess.run([sys.executable, "-c", JUDGE_JUNK], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert run.returncode == 0 and run.stdout.strip().endswith("judged"), run.stdout[-3000:] + run.stderr[-3000:]
+    assert "ran out of memory" not in run.stdout, run.stdout
