@@ -22,6 +22,10 @@ GRADER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _GUARD_FILE = os.path.abspath(__file__)
 _LIBRARY_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[name]) + os.sep
                        for name in ("stdlib", "platstdlib", "purelib", "platlib")})
+# The standard library's own wrappers of the audited calls: the code that called them decides.
+_WRAPPERS = tuple(os.path.join(os.path.abspath(sysconfig.get_paths()["stdlib"]), name)
+                  for name in ("ctypes" + os.sep, "socket.py", "subprocess.py", "os.py", "pty.py", "pathlib.py",
+                               "shutil.py", "multiprocessing" + os.sep))
 REFUSED_IMPORT = ("the autograder's own package (lora_grader) cannot be imported while your "
                   "notebook is graded: write the answer in your own cells")
 
@@ -54,6 +58,11 @@ _REFUSED_EVENTS = {
 }
 
 
+# Routes into the grader's memory: refused even when a library (inspect, traceback) takes them.
+_INTROSPECTION = {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames", "sys.settrace",
+                  "sys.setprofile", "sys._getframe"}
+
+
 class Refused(PermissionError):
     """What the sandbox does not allow graded code to do."""
 
@@ -72,18 +81,28 @@ def _is_grader_frame(frame) -> bool:
     return frame is not None and frame.f_code.co_filename.startswith(GRADER_DIR)
 
 
-def _asked_by_student(frame) -> bool:
-    """Whether the code behind an audited action is the student's: the nearest caller that is not
-    a library (the standard library, torch, ...) is not the grader. The grader's own probes read
-    tracebacks to point at the student's line; a student's code may not."""
+def _kind(frame) -> str:
+    filename = frame.f_code.co_filename
+    if filename.startswith(GRADER_DIR):
+        return "grader"
+    if filename.startswith(_LIBRARY_DIRS) or filename.startswith("<frozen "):
+        return "library"
+    return "student"
+
+
+def _asked_by_student(frame, through_libraries: bool) -> bool:
+    """Whether the code behind an audited action is the student's. With `through_libraries`, the
+    nearest caller that is not a library (the standard library, torch, ...) decides: the grader's
+    probes read tracebacks to point at the student's line, a student's code may not, not even
+    through `inspect` or `traceback`. Without it, only the immediate caller counts: libraries
+    (scikit-learn, numpy) may use ctypes for their own ends, and the kernel still confines them."""
+    while frame is not None and (frame.f_code.co_filename == _GUARD_FILE
+                                 or frame.f_code.co_filename.startswith(_WRAPPERS)):
+        frame = frame.f_back
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if filename == _GUARD_FILE:
-            pass
-        elif filename.startswith(GRADER_DIR):
-            return False
-        elif not (filename.startswith(_LIBRARY_DIRS) or filename.startswith("<frozen ")):
-            return True
+        kind = _kind(frame)
+        if kind != "library" or not through_libraries:
+            return kind == "student"
         frame = frame.f_back
     return False
 
@@ -134,13 +153,14 @@ class Guards:
 
     def _check(self, event: str, args: tuple) -> None:
         if event in ("os.fork", "os.forkpty"):
-            if not _asked_by_student(sys._getframe(2)):
+            if not _asked_by_student(sys._getframe(2), through_libraries=True):
                 return  # the probes
             count = struct.unpack_from("q", self._forks)[0] + 1
             struct.pack_into("q", self._forks, 0, count)
             if count > self._fork_limit:
                 self._refuse(f"starting more than {self._fork_limit} processes")
-        elif (what := _refusal(event, args, self._protected)) and _asked_by_student(sys._getframe(2)):
+        elif (what := _refusal(event, args, self._protected)) and _asked_by_student(
+                sys._getframe(2), through_libraries=event in _INTROSPECTION or event == "object.__getattr__"):
             self._refuse(what)
 
 
