@@ -12,7 +12,7 @@ import pytest
 
 from lora_grader.checks import NOTEBOOKS
 from lora_grader import confinement
-from lora_grader.grading import SUPPORTED, UNSUPPORTED_MESSAGE, Sandbox
+from lora_grader.grading import MODES, SUPPORTED, UNSUPPORTED_MESSAGE, Sandbox
 from lora_grader.report import integrity_report, points_table
 
 SANDBOX = pytest.StashKey[Sandbox]()
@@ -23,12 +23,15 @@ INTEGRITY = pytest.StashKey[dict]()
 def pytest_addoption(parser):
     parser.addoption("--notebooks", metavar="DIR", default=None,
                      help="folder of the course notebooks to grade (default: course/lora)")
+    parser.addoption("--sandbox", choices=MODES, default=None,
+                     help="fork: notebooks forked from one process that imported torch (default on Linux); "
+                          "spawn: a fresh process per notebook (default elsewhere)")
 
 
 def pytest_sessionstart(session):
     if not SUPPORTED:
         raise pytest.UsageError(UNSUPPORTED_MESSAGE)
-    session.config.stash[SANDBOX] = Sandbox()  # imports torch while pytest collects
+    session.config.stash[SANDBOX] = Sandbox(session.config.getoption("--sandbox"))  # imports torch while pytest collects
 
 
 def pytest_sessionfinish(session):

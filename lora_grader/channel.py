@@ -17,8 +17,8 @@ MAGIC = b"LGR2"
 TOKEN_BYTES = 16
 _FRAME = struct.Struct("!4s16sBI")  # magic, token, kind, payload length
 
-PROGRESS, CELLS, OUTCOMES, PROBE_ENDED = 1, 2, 3, 4  # the kinds of frame a notebook sends
-KINDS = {PROGRESS, CELLS, OUTCOMES, PROBE_ENDED}
+PROGRESS, CELLS, OUTCOMES, PROBE_ENDED, PROBE_STARTED = 1, 2, 3, 4, 5  # the kinds of frame a notebook sends
+KINDS = {PROGRESS, CELLS, OUTCOMES, PROBE_ENDED, PROBE_STARTED}
 
 MAX_FRAME_BYTES = 32 * 2**20
 MAX_NOTEBOOK_BYTES = 64 * 2**20  # all frames of one notebook together

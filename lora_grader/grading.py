@@ -60,12 +60,26 @@ UNSUPPORTED_MESSAGE = ("the autograder's sandbox needs Linux or macOS (it forks 
                        "them with signals); on Windows, run it inside WSL")
 
 
+MODES = ("fork", "spawn")
+
+
+def default_mode() -> str:
+    """Fork where it is safe (Linux): one import of torch for every notebook. Elsewhere (macOS,
+    whose system libraries and torch's thread pools do not survive fork) a fresh worker process
+    per notebook. LORA_GRADER_SANDBOX=spawn chooses it anywhere."""
+    chosen = os.environ.get("LORA_GRADER_SANDBOX", "")
+    return chosen if chosen in MODES else ("fork" if sys.platform.startswith("linux") else "spawn")
+
+
 class Sandbox:
     """One sandbox process. Start it early: it imports torch while the caller does other work."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str | None = None) -> None:
         if not SUPPORTED:
             raise RuntimeError(UNSUPPORTED_MESSAGE)
+        self.mode = mode or default_mode()
+        if self.mode not in MODES:
+            raise ValueError(f"the sandbox's mode is one of {', '.join(MODES)}, not {self.mode!r}")
         self.closed = False
         self.outdir = Path(tempfile.mkdtemp(prefix="lora-grading-"))
         self.integrity: dict[str, Integrity] = {}
@@ -110,6 +124,7 @@ class Sandbox:
             "check_timeout": timeouts.check,
             "notebook_timeout": timeouts.notebook,
             "grader_pid": os.getpid(),
+            "mode": self.mode,
             "limits": limits or {},
         }
         # The sandbox bounds each notebook itself; this only guards against the sandbox hanging.
@@ -162,7 +177,11 @@ class Sandbox:
             "the notebook was still running when the grader's time ran out")
         by_check = {}
         for index, group in enumerate(probe_groups(key)):
-            outcomes = sent.outcomes.get(index) or _probe_failure(sent.probe_ended.get(index), ended, self.timeouts.check)
+            lost = header.get("lost", {}).get(str(index)) if isinstance(header.get("lost"), dict) else None
+            if isinstance(lost, list) and len(lost) == 2:
+                lost = {"how": lost[0], "code": lost[1]}
+            outcomes = sent.outcomes.get(index) or _probe_failure(
+                sent.probe_ended.get(index) or lost, ended, self.timeouts.check)
             for check in group:
                 try:
                     if integrity_of.tampered:

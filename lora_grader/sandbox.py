@@ -22,8 +22,10 @@ import resource
 import secrets
 import select
 import signal
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 from pathlib import Path
@@ -31,7 +33,7 @@ from pathlib import Path
 import torch
 
 from lora_grader import channel
-from lora_grader.channel import CELLS, OUTCOMES, PROBE_ENDED, PROGRESS
+from lora_grader.channel import CELLS, OUTCOMES, PROBE_ENDED, PROBE_STARTED, PROGRESS
 from lora_grader.checks import NOTEBOOKS, probe_groups
 from lora_grader.checks.core import collect, count_flops, safe_str
 from lora_grader.confinement import PR_SET_CHILD_SUBREAPER, landlock, landlock_abi, prctl, readable_roots, seccomp
@@ -113,7 +115,7 @@ def _isolate(out: Path, keep_fd: int, limits: dict) -> None:
     the kernel enforces (confinement.py)."""
     os.setpgid(0, 0)
     scratch = out / "scratch"
-    scratch.mkdir()
+    scratch.mkdir(exist_ok=True)  # spawn mode: a later worker of the same notebook finds it
     os.chdir(scratch)
     os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)  # torch's import already asked for /tmp
     null_in, null_out = os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_WRONLY)
@@ -141,7 +143,10 @@ def _student_namespace() -> types.ModuleType:
     return main
 
 
-def run_notebook(job: dict, spec: dict, out: Path, fd: int, token: bytes) -> None:
+def run_notebook(job: dict, spec: dict, out: Path, fd: int, token: bytes, first_group: int = 0) -> None:
+    """Run the notebook's cells, then its probes from `first_group` on: each in a forked process
+    (fork mode), or one after the other in this process (spawn mode: the sandbox starts a fresh
+    worker to go on after a probe that crashed or hung)."""
     groups = probe_groups(spec["key"])  # before any student code can patch the checks
 
     def send(kind, data):
@@ -166,7 +171,23 @@ def run_notebook(job: dict, spec: dict, out: Path, fd: int, token: bytes) -> Non
     guards.note_refused_forks()
     send(CELLS, {"errors": errors[:20], "attempts": list(guards.attempts), "undone": undone[:50]})
     for index, group in enumerate(groups):
-        _run_probe_forked(index, group, namespace, job["check_timeout"], send, guards)
+        if index < first_group:
+            continue
+        if job["mode"] == "spawn":
+            channel.send_raw(fd, token, PROBE_STARTED, channel.pack_int(index))
+            os._exit = _student_exit
+            _probe(index, group, namespace, send, guards)
+        else:
+            _run_probe_forked(index, group, namespace, job["check_timeout"], send, guards)
+
+
+def _probe(index: int, group: list, namespace: dict, send, guards: Guards) -> None:
+    outcomes = collect(group[0], namespace, group[0].all_cases)
+    try:
+        send(OUTCOMES, {"group": index, "outcomes": outcomes, "attempts": list(guards.attempts)})
+    except channel.TooLarge as error:
+        send(OUTCOMES, {"group": index, "outcomes": [{"status": "probe", "message": str(error)}],
+                        "attempts": list(guards.attempts)})
 
 
 def _run_probe_forked(index: int, group: list, namespace: dict, timeout: float, send, guards: Guards) -> None:
@@ -174,12 +195,7 @@ def _run_probe_forked(index: int, group: list, namespace: dict, timeout: float, 
     if pid == 0:
         try:
             os._exit = _student_exit  # an exit in a graded function becomes a located error
-            outcomes = collect(group[0], namespace, group[0].all_cases)
-            try:
-                send(OUTCOMES, {"group": index, "outcomes": outcomes, "attempts": list(guards.attempts)})
-            except channel.TooLarge as error:
-                send(OUTCOMES, {"group": index, "outcomes": [{"status": "probe", "message": str(error)}],
-                                "attempts": list(guards.attempts)})
+            _probe(index, group, namespace, send, guards)
         finally:
             _exit(0)
     deadline = _monotonic() + timeout
@@ -191,22 +207,30 @@ def _run_probe_forked(index: int, group: list, namespace: dict, timeout: float, 
 # --- the sandbox's own process -------------------------------------------------------------
 
 class _Notebook:
-    """A notebook's process as the sandbox watches it."""
+    """A notebook as the sandbox watches it: its process (in spawn mode, each worker in turn)."""
 
     def __init__(self, spec: dict, outdir: Path, job: dict) -> None:
-        self.id = spec["id"]
+        self.id, self.spec, self.job = spec["id"], spec, job
         self.out = outdir / f"notebook-{secrets.token_hex(8)}"
         self.out.mkdir()
         self.token = secrets.token_bytes(channel.TOKEN_BYTES)
-        self.reader = channel.FrameReader(self.token)
-        self.deadline = _monotonic() + job["notebook_timeout"]
-        self.probe_time = len(probe_groups(spec["key"])) * (job["check_timeout"] + 1)
-        self.cells_done = False
+        self.groups = len(probe_groups(spec["key"]))
+        self.frames: list[tuple[int, bytes]] = []
         self.tampered = ""
         self.limit = ""
-        self.pid = 0
-        self.fd = -1
+        self.lost: dict[int, tuple[str, int]] = {}  # spawn mode: probes whose worker crashed or hung
         self.limits = {**LIMITS, **job.get("limits", {})}
+        self.first_group = 0
+        self.workers = 0
+
+    def begin(self, pid: int, fd: int, worker=None) -> None:
+        """A new process for this notebook: its cells run (again), then probes from first_group."""
+        self.pid, self.fd, self.worker = pid, fd, worker
+        self.reader = channel.FrameReader(self.token)
+        self.cells_done = False
+        self.probing = None  # spawn mode: the probe running now
+        self.deadline = _monotonic() + self.job["notebook_timeout"]
+        self.workers += 1
 
     def receive(self, data: bytes) -> None:
         if self.tampered:
@@ -217,16 +241,51 @@ class _Notebook:
         except channel.Forged as forged:
             self.tampered = str(forged)
             return
-        for kind, _ in self.reader.frames[before:]:
+        check_timeout = self.job["check_timeout"]
+        for frame in self.reader.frames[before:]:
+            kind = frame[0]
             if kind == CELLS and not self.cells_done:
                 self.cells_done = True
-                self.deadline += self.probe_time  # its cells had notebook_timeout; now each probe check_timeout
-            elif kind in (OUTCOMES, PROBE_ENDED) and not self.cells_done:
+                if self.job["mode"] == "spawn":
+                    self.deadline = _monotonic() + check_timeout + 1
+                else:  # its cells had notebook_timeout; now each probe check_timeout
+                    self.deadline += (self.groups - self.first_group) * (check_timeout + 1)
+                if self.workers > 1:
+                    continue  # the first worker's report on the cells stands
+            elif kind != PROGRESS and not self.cells_done:
                 self.tampered = "a result arrived while the notebook's own cells were still running"
+                return
+            elif kind == PROBE_STARTED:
+                self.probing = channel.unpack_int(frame[1])
+                self.deadline = _monotonic() + check_timeout
+            elif kind == OUTCOMES and self.job["mode"] == "spawn":
+                self.probing = None
+                self.deadline = _monotonic() + check_timeout + 1
+            self.frames.append(frame)
+
+    def go_on_after(self, ended: tuple[str, int]) -> bool:
+        """Spawn mode: after a worker crashed or hung in a probe, whether a fresh one should run the
+        probes after it (every probe gets its verdict, as when each runs in its own process)."""
+        if self.job["mode"] != "spawn" or self.tampered or self.limit or not self.cells_done:
+            return False
+        if not isinstance(self.probing, int) or not 0 <= self.probing < self.groups:
+            return False
+        self.lost[self.probing] = ended
+        self.first_group = self.probing + 1
+        return self.first_group < self.groups
 
 
-def _start(spec: dict, job: dict, outdir: Path, open_fds: list[int]) -> _Notebook:
-    notebook = _Notebook(spec, outdir, job)
+def _start(notebook: _Notebook, open_fds: list[int]) -> None:
+    job = notebook.job
+    if job["mode"] == "spawn":
+        worker = subprocess.Popen([sys.executable, "-m", "lora_grader.sandbox", "--worker"], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        request = {"job": job, "spec": notebook.spec, "out": str(notebook.out), "token": notebook.token.hex(),
+                   "first_group": notebook.first_group}
+        threading.Thread(target=_send_request, args=(worker.stdin, request), daemon=True).start()
+        os.set_blocking(worker.stdout.fileno(), False)
+        notebook.begin(worker.pid, worker.stdout.fileno(), worker)
+        return
     read_end, write_end = os.pipe()
     pid = _fork()
     if pid == 0:
@@ -234,14 +293,30 @@ def _start(spec: dict, job: dict, outdir: Path, open_fds: list[int]) -> _Noteboo
         try:
             for fd in open_fds + [read_end]:
                 os.close(fd)
-            run_notebook(job, spec, notebook.out, write_end, notebook.token)
+            run_notebook(job, notebook.spec, notebook.out, write_end, notebook.token)
             code = 0
         finally:
             _exit(code)
     os.close(write_end)
     os.set_blocking(read_end, False)
-    notebook.pid, notebook.fd = pid, read_end
-    return notebook
+    notebook.begin(pid, read_end)
+
+
+def _send_request(stdin, request: dict) -> None:
+    try:
+        stdin.write(json.dumps(request).encode() + b"\n")
+        stdin.close()
+    except OSError:
+        pass  # the worker died before reading it: its status says how
+
+
+def worker() -> None:
+    """Spawn mode: one notebook in this fresh process, from a request on stdin."""
+    _warm_up()
+    request = json.loads(sys.stdin.readline())
+    fd = os.dup(1)  # the results channel; stdout itself goes to /dev/null before student code runs
+    run_notebook(request["job"], request["spec"], Path(request["out"]), fd, bytes.fromhex(request["token"]),
+                 request["first_group"])
 
 
 def _drain(notebook: _Notebook) -> None:
@@ -353,37 +428,50 @@ def _sweep_orphans(running: dict) -> None:
                 pass
 
 
-def _finish(notebook: _Notebook, ended: tuple[str, int]) -> None:
+def _end_process(notebook: _Notebook) -> None:
     _drain(notebook)
-    os.close(notebook.fd)
+    if notebook.worker is not None:
+        notebook.worker.stdout.close()
+    else:
+        os.close(notebook.fd)
     try:
         os.killpg(notebook.pid, signal.SIGKILL)  # what it started and left in its group
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _finish(notebook: _Notebook, ended: tuple[str, int]) -> None:
     how, code = ended
-    header = {"id": notebook.id, "how": how, "code": code, "tampered": notebook.tampered, "limit": notebook.limit}
-    progress = [frame for frame in notebook.reader.frames if frame[0] == PROGRESS][-1:]
+    header = {"id": notebook.id, "how": how, "code": code, "tampered": notebook.tampered, "limit": notebook.limit,
+              "lost": {str(index): list(lost) for index, lost in notebook.lost.items()}}
+    progress = [frame for frame in notebook.frames if frame[0] == PROGRESS][-1:]
     channel.write_record(sys.stdout.buffer, header,
-                         progress + [frame for frame in notebook.reader.frames if frame[0] != PROGRESS])
+                         progress + [frame for frame in notebook.frames if frame[0] != PROGRESS])
 
 
-def main() -> None:
+def _warm_up() -> None:
     torch.set_num_threads(1)  # small tensors, and forking after a thread pool exists is unsafe
     count_flops(lambda: torch.ones(1, 1) @ torch.ones(1, 1))  # its first use costs seconds: pay once
     import matplotlib.pyplot  # noqa: F401  the notebooks plot; importing it takes seconds: pay once
     for key in NOTEBOOKS:
         probe_groups(key)  # every check module, imported before student code could shadow one
-    subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def main() -> None:
     line = sys.stdin.readline()
-    if not line.strip():
+    job = json.loads(line) if line.strip() else None
+    if job is not None and job["mode"] == "fork":
+        _warm_up()  # once, for every notebook forked from here
+    subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if job is None:
         return
-    job = json.loads(line)
     outdir = Path(tempfile.mkdtemp(prefix="notebooks-", dir=os.getcwd()))
     pending, running = list(job["notebooks"]), {}
     last_watch = 0.0
     while pending or running:
         while pending and len(running) < job["parallel"]:
-            notebook = _start(pending.pop(0), job, outdir, [n.fd for n in running.values()])
+            notebook = _Notebook(pending.pop(0), outdir, job)
+            _start(notebook, [n.fd for n in running.values()])
             running[notebook.pid] = notebook
         ready = select.select([n.fd for n in running.values()], [], [], 0.01)[0]
         for notebook in list(running.values()):
@@ -397,8 +485,13 @@ def main() -> None:
                 _kill_tree(pid, processes)
             deadline = notebook.deadline if not notebook.tampered else 0.0
             if ended := _status(pid, deadline):
-                _finish(notebook, ended)
+                _end_process(notebook)
                 del running[pid]
+                if notebook.go_on_after(ended):
+                    _start(notebook, [n.fd for n in running.values()])
+                    running[notebook.pid] = notebook
+                else:
+                    _finish(notebook, ended)
         if watch:
             last_watch = _monotonic()
             if subreaper:
@@ -412,5 +505,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    worker() if sys.argv[1:] == ["--worker"] else main()
     _exit(0)  # skip interpreter finalization: with torch loaded it takes a second

@@ -9,7 +9,7 @@ import pytest
 
 from catalogue import ENTRIES, selected, write_submission
 from lora_grader.checks import NOTEBOOKS
-from lora_grader.grading import Sandbox
+from lora_grader.grading import MODES
 from nbgrader_course import Course
 
 SHARDS = 2  # nbgrader grades one notebook at a time: two courses side by side use both cores
@@ -21,16 +21,16 @@ def _autograde_shard(course: Course) -> Course:
 
 
 @pytest.fixture(scope="module")
-def verdicts(request, tmp_path_factory):
-    """{entry name: {check name: (passed by pytest autograder, passed by nbgrader)}}, for the
-    entries this run selected (all of them, or `-k`'s)."""
+def verdicts(request, tmp_path_factory, catalogue_grades):
+    """{entry name: {(sandbox mode, check name): (passed by pytest autograder, passed by nbgrader)}},
+    for the entries this run selected (all of them, or `-k`'s)."""
     entries = selected(request.session)
     courses = [Course(tmp_path_factory.mktemp(f"course{shard}")) for shard in range(SHARDS)]
-    jobs, course_of = {}, {}
+    course_of = {}
     for number, entry in enumerate(entries):
         course = course_of[entry.name] = courses[number % SHARDS]
-        jobs[entry.name] = (entry.notebook, write_submission(entry, course.root / "submitted" / entry.name / "lora", keep_demos=False))
-    ours = Sandbox().grade_jobs(jobs)
+        write_submission(entry, course.root / "submitted" / entry.name / "lora", keep_demos=False)
+    ours = {mode: catalogue_grades(mode) for mode in MODES}
     for course in courses:
         course.nbgrader("generate_assignment", "lora")
     with ThreadPoolExecutor(SHARDS) as pool:
@@ -39,8 +39,8 @@ def verdicts(request, tmp_path_factory):
     for entry in entries:
         scores = course_of[entry.name].scores(entry.name, NOTEBOOKS[entry.notebook].filename)
         found[entry.name] = {
-            result.check.name: (result.passed, scores[result.check.name][0] == scores[result.check.name][1])
-            for result in ours[entry.name]
+            (mode, result.check.name): (result.passed, scores[result.check.name][0] == scores[result.check.name][1])
+            for mode in MODES for result in ours[mode][entry.name]
         }
     return found
 

@@ -1,18 +1,16 @@
 """Every catalogued bug is caught first by the check that names its cause; every correct
-variant gets full marks. Graded by `pytest autograder`'s engine, in one sandbox."""
+variant gets full marks. Graded by `pytest autograder`'s engine, in one sandbox per mode (fork and spawn)."""
 import pytest
 
-from catalogue import BUGS, VARIANTS, selected, write_submission
-from lora_grader.grading import Sandbox
+from catalogue import BUGS, VARIANTS
+from lora_grader.grading import MODES
 
 
-@pytest.fixture(scope="module")
-def graded(request, tmp_path_factory):
-    """{entry name: [CheckResult]} for the entries this run selected (all of them, or `-k`'s)."""
-    folder = tmp_path_factory.mktemp("catalogue")
-    jobs = {entry.name: (entry.notebook, write_submission(entry, folder / entry.name))
-            for entry in selected(request.session)}
-    return Sandbox().grade_jobs(jobs)
+@pytest.fixture(scope="module", params=MODES)
+def graded(request, catalogue_grades):
+    """{entry name: [CheckResult]} for the entries this run selected (all of them, or `-k`'s),
+    graded in each of the sandbox's modes."""
+    return catalogue_grades(request.param)
 
 
 @pytest.mark.parametrize("entry", BUGS, ids=lambda entry: entry.name)
