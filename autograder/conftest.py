@@ -60,4 +60,4 @@ def pytest_terminal_summary(terminalreporter, config):
     if RESULTS in config.stash:
         results = list(config.stash[RESULTS].values())
         terminalreporter.write_sep("=", "LoRA course: points")
-        terminalreporter.write_line(points_table(results, _notebook_dir(config)))
+        terminalreporter.write_line(points_table(results, _notebook_dir(config), config.getoption("--notebooks")))
