@@ -12,10 +12,11 @@ def first_line(message: str) -> str:
     return line if len(line) <= 100 else line[:97] + "..."
 
 
-def rerun_command(check_name: str, notebooks: str | None = None) -> str:
-    """The command that grades one check again, of the same notebooks as the run it follows."""
+def rerun_command(notebook: str, check_name: str, notebooks: str | None = None) -> str:
+    """The command that grades one check again, of the same notebooks as the run it follows
+    (check names repeat across notebooks: the notebook is part of the selection)."""
     folder = ["--notebooks", notebooks] if notebooks else []
-    return shlex.join(["pytest", "autograder", *folder, "-k", check_name])
+    return shlex.join(["pytest", "autograder", *folder, "-k", f"{notebook} and {check_name}"])
 
 
 def points_table(results, notebook_dir=None, notebooks_option: str | None = None) -> str:
@@ -46,5 +47,5 @@ def points_table(results, notebook_dir=None, notebooks_option: str | None = None
         lines.insert(0, f"graded: {notebook_dir}")
     if first_failure is not None:
         lines.append(f"Next: notebook {first_failure.notebook}, {first_failure.check.name}. "
-                     f"Re-run just that with: {rerun_command(first_failure.check.name, notebooks_option)}")
+                     f"Re-run just that with: {rerun_command(first_failure.notebook, first_failure.check.name, notebooks_option)}")
     return "\n".join(line.rstrip() for line in lines)
