@@ -67,7 +67,7 @@ def pytest_terminal_summary(terminalreporter, config):
     if RESULTS in config.stash:
         results = list(config.stash[RESULTS].values())
         terminalreporter.write_sep("=", "LoRA course: points")
-        terminalreporter.write_line(points_table(results, _notebook_dir(config)))
+        terminalreporter.write_line(points_table(results, _notebook_dir(config), config.getoption("--notebooks")))
         terminalreporter.write_line(confinement.describe())
         if report := integrity_report(config.stash[INTEGRITY]):
             terminalreporter.write_sep("=", "Integrity: for a person to read, not a verdict")

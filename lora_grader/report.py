@@ -1,6 +1,7 @@
 """The closing table: each task's points, earned out of possible, and what to fix next."""
 from __future__ import annotations
 
+import shlex
 from itertools import groupby
 
 from lora_grader.checks import NOTEBOOKS
@@ -11,8 +12,16 @@ def first_line(message: str) -> str:
     return line if len(line) <= 100 else line[:97] + "..."
 
 
-def points_table(results, notebook_dir=None) -> str:
-    """A plain-text table of tasks, in notebook order, from a list of CheckResult."""
+def rerun_command(notebook: str, check_name: str, notebooks: str | None = None) -> str:
+    """The command that grades one check again, of the same notebooks as the run it follows
+    (check names repeat across notebooks: the notebook is part of the selection)."""
+    folder = ["--notebooks", notebooks] if notebooks else []
+    return shlex.join(["pytest", "autograder", *folder, "-k", f"{notebook} and {check_name}"])
+
+
+def points_table(results, notebook_dir=None, notebooks_option: str | None = None) -> str:
+    """A plain-text table of tasks, in notebook order, from a list of CheckResult.
+    `notebooks_option` is the --notebooks value the run was given, repeated in the re-run hint."""
     rows = [("notebook", "task", "points", "next to fix")]
     earned = possible = 0
     first_failure = None
@@ -38,7 +47,7 @@ def points_table(results, notebook_dir=None) -> str:
         lines.insert(0, f"graded: {notebook_dir}")
     if first_failure is not None:
         lines.append(f"Next: notebook {first_failure.notebook}, {first_failure.check.name}. "
-                     f"Re-run just that with: pytest autograder -k {first_failure.check.name}")
+                     f"Re-run just that with: {rerun_command(first_failure.notebook, first_failure.check.name, notebooks_option)}")
     return "\n".join(line.rstrip() for line in lines)
 
 

@@ -1,6 +1,8 @@
 """`pytest autograder` as a student runs it: full marks for the solutions, zero for the
 untouched release, and a summary and points table either way."""
 import re
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +45,16 @@ def test_one_notebook_can_be_checked_alone():
     assert re.search(rf"\b{len(checks_of('01'))} passed\b", run.stdout), run.stdout[-2000:]
     table = run.stdout.split("LoRA course: points")[-1]
     assert "lora_update" in table and "LoRALinear" not in table, f"only notebook 01's tasks expected:\n{table}"
+
+
+def test_rerun_hint_grades_the_same_folder(tmp_path):
+    folder = tmp_path / "my notebooks"  # a space, as in many home folders
+    shutil.copytree(ROOT / "course" / "lora", folder)
+    run = run_autograder("--notebooks", str(folder), "-k", "01")
+    hint = re.search(r"Re-run just that with: (.*)$", run.stdout, flags=re.MULTILINE)
+    assert hint, run.stdout[-2000:]
+    command = shlex.split(hint.group(1))
+    assert command[:2] == ["pytest", "autograder"] and "--notebooks" in command, hint.group(0)
+    rerun = run_autograder(*command[2:])
+    assert f"graded: {folder}" in rerun.stdout, rerun.stdout[-2000:]
+    assert re.search(r"\b1 failed\b", rerun.stdout), rerun.stdout[-2000:]

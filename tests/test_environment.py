@@ -48,3 +48,11 @@ def test_torch_range_admits_the_cpu_wheel_used_in_ci():
     upper = re.search(r"<([\d.]+)", spec).group(1)
     as_tuple = lambda version: tuple(int(part) for part in version.split("."))
     assert as_tuple(lower) <= (2, 13, 0) < as_tuple(upper), f"torch {spec} does not admit 2.13.0"
+
+
+def test_ci_installs_the_project_as_the_readme_tells_maintainers():
+    ci = (ROOT / ".ci" / "run").read_text()
+    install = re.search(r"^python -m (pip install) --quiet (-e .*)$", ci, flags=re.MULTILINE)
+    assert install, ".ci/run should pip-install the project"
+    command = " ".join(install.groups())
+    assert command in (ROOT / "README.md").read_text(), f"the README should show CI's install: {command}"

@@ -81,7 +81,9 @@ def test_feedback_and_export(course):
         for key in submitted:
             html = course.root / "feedback" / student / "lora" / NOTEBOOKS[key].filename.replace(".ipynb", ".html")
             assert html.exists(), f"no feedback for {student}: {html}"
-    assert "CheckFailed" in (course.root / "feedback" / "tampered" / "lora" / "01_elementwise_attempt.html").read_text()
+    feedback = (course.root / "feedback" / "tampered" / "lora" / "01_elementwise_attempt.html").read_text()
+    assert "CheckFailed" in feedback
+    assert "most recent call last" not in feedback and "core.py" not in feedback, "the hint alone, no grader path"
     course.nbgrader("export")
     with open(course.root / "grades.csv") as file:
         rows = {row["student_id"]: row for row in csv.DictReader(file)}

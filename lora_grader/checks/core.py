@@ -22,6 +22,11 @@ from torch.utils.flop_counter import FlopCounterMode
 class CheckFailed(AssertionError):
     """A failed check. Its message is the feedback a student reads."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython shows these lines instead of a traceback, in the notebook and in the error
+        # output that nbgrader keeps for its feedback: the hint alone, no path of the grader.
+        return [f"\x1b[1;31m{type(self).__name__}\x1b[0m: {self}"]
+
 
 class ProbeError(Exception):
     """The probe found the student's code in a state it cannot measure (a missing attribute,

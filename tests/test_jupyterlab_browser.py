@@ -1,0 +1,260 @@
+"""The course in a real JupyterLab, driven in headless Chromium as a student and an instructor would.
+
+Each test saves a screenshot of every step; when one fails, its captured output says where they
+are, so a red CI shows what the student saw.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+try:
+    from playwright.sync_api import expect, sync_playwright
+except ImportError as error:  # a dependency of the project's tests, not of the course
+    raise ImportError('the browser test needs Playwright: pip install -e ".[test]"') from error
+
+from catalogue import complete_submission
+from lora_grader.checks import NOTEBOOKS
+
+ROOT = Path(__file__).resolve().parents[1]
+BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--no-first-run", "--disable-sync"]
+# JupyterLab settings for the test: no news pop-up over the page.
+LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                        "checkForUpdates": False},
+}
+SLOW_CELL = 120_000  # ms: a cell that times matrix products on a busy 2-core machine
+
+pytestmark = pytest.mark.slow
+
+
+def _chromium(playwright) -> str | None:
+    """The system's Chromium, else the one `playwright install` downloaded; skip if neither."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    if Path(playwright.chromium.executable_path).exists():
+        return None
+    pytest.skip("no Chromium on this machine: install one (`apt-get install -y chromium` on Debian, "
+                "as .ci/run does, or `python -m playwright install chromium`)")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Lab:
+    """A JupyterLab server on a temporary copy of the course: released and source notebooks,
+    and the course's nbgrader configuration (the Formgrader and Validate read it)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root / "course-copy"
+        for folder in ("course", "solutions"):
+            shutil.copytree(ROOT / folder, self.root / folder)
+        shutil.copy(ROOT / "nbgrader_config.py", self.root)
+        settings = root / "lab-settings"
+        for name, values in LAB_SETTINGS.items():
+            (settings / name).parent.mkdir(parents=True, exist_ok=True)
+            (settings / name).write_text(json.dumps(values))
+        self.port, self.token = _free_port(), secrets.token_hex(16)
+        self.log = root / "jupyterlab.log"
+        env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings),
+                   JUPYTERLAB_WORKSPACES_DIR=str(root / "lab-workspaces"))
+        with open(self.log, "w") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "jupyter", "lab", "--allow-root", "--ip=127.0.0.1",
+                 f"--port={self.port}", f"--ServerApp.token={self.token}", "--ServerApp.open_browser=False",
+                 f"--ServerApp.root_dir={self.root}"],
+                cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_until_up()
+
+    def _wait_until_up(self, seconds: float = 90) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"JupyterLab exited {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                urllib.request.urlopen(self.url("api/status"), timeout=2)
+                return
+            except OSError:
+                time.sleep(0.2)
+        raise AssertionError(f"JupyterLab did not answer within {seconds} s:\n{self.log.read_text()}")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path}?token={self.token}"
+
+    def notebook_url(self, workspace: str, path: str) -> str:
+        # A workspace per test: no tabs restored from another test's session.
+        return self.url(f"lab/workspaces/{workspace}/tree/{path}")
+
+    def close(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+class Steps:
+    """Screenshots of a test's steps, numbered in order."""
+
+    def __init__(self, page, folder: Path) -> None:
+        self.page, self.folder, self.count = page, folder, 0
+        folder.mkdir(parents=True)
+
+    def shot(self, name: str) -> None:
+        self.count += 1
+        self.page.screenshot(path=self.folder / f"{self.count:02d}-{name}.png", full_page=True)
+
+
+@pytest.fixture(scope="module")
+def lab(browser, tmp_path_factory):  # the browser first: no server started where the test skips
+    server = Lab(tmp_path_factory.mktemp("jupyterlab"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(playwright), args=BROWSER_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def steps(page, tmp_path):
+    steps = Steps(page, tmp_path / "screenshots")
+    print(f"screenshots of each step: {steps.folder}")  # pytest shows it when the test fails
+    yield steps
+    steps.shot("last")
+
+
+def open_notebook(page, lab: Lab, path: str, workspace: str):
+    page.goto(lab.notebook_url(workspace, path))
+    notebook = page.locator(".jp-NotebookPanel")
+    expect(notebook.locator(".jp-Cell").first).to_be_visible(timeout=60_000)
+    # Cells run before the kernel is connected would be lost: wait for what a student waits for.
+    expect(page.locator("#jp-main-statusbar")).to_contain_text("Python 3 (ipykernel) | Idle", timeout=60_000)
+    return notebook
+
+
+def menu(page, name: str, item: str) -> None:
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(f"^{name}$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{item}$")).click()
+
+
+def code_cell(notebook, text: str):
+    return notebook.locator(".jp-CodeCell").filter(has_text=text)
+
+
+def replace_source(page, cell, source: str) -> None:
+    """Select everything in a cell's editor and put `source` there, as pasting would
+    (typed key by key, the editor would indent the lines a second time)."""
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.insert_text(source)
+
+
+def run(page, cell) -> None:
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Shift+Enter")
+
+
+def fill_answers(page, notebook, key: str) -> None:
+    """Write the solution's answers into the released notebook's answer cells, code and written."""
+    released = json.loads((ROOT / "course" / "lora" / NOTEBOOKS[key].filename).read_text())["cells"]
+    complete = complete_submission(key)["cells"]
+    for given, answer in zip(released, complete):
+        if not given.get("metadata", {}).get("nbgrader", {}).get("solution"):
+            continue
+        source = "".join(answer["source"])
+        if given["cell_type"] == "code":
+            replace_source(page, code_cell(notebook, "".join(given["source"]).splitlines()[0]), source)
+        else:
+            written = notebook.locator(".jp-MarkdownCell").filter(has_text="YOUR ANSWER HERE").first
+            written.dblclick()
+            replace_source(page, written, source)
+            page.keyboard.press("Shift+Enter")  # render it again
+
+
+def test_a_wrong_answer_shows_the_hint_alone_and_the_right_one_a_tick(lab, page, steps):
+    notebook = open_notebook(page, lab, "course/lora/01_elementwise_attempt.ipynb", "wrong-then-right")
+    answer = code_cell(notebook, "def lora_update(")
+    test = code_cell(notebook, 'check("01", "lora_update_values"')
+    replace_source(page, answer, "def lora_update(x, lora_A, lora_B, scaling):\n    return (x @ lora_A) @ lora_B\n")
+    run(page, answer)
+    run(page, test)
+    error = test.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+    expect(error).to_contain_text("CheckFailed:", timeout=60_000)
+    steps.shot("wrong-answer-hint")
+    shown = error.inner_text()
+    for noise in ("Traceback", "Cell In[", "File ", "lora_grader/"):  # what IPython's traceback shows
+        assert noise not in shown, f"the hint should show alone, without a traceback:\n{shown}"
+
+    replace_source(page, answer, "def lora_update(x, lora_A, lora_B, scaling):\n    return (x @ lora_A) @ lora_B * scaling\n")
+    run(page, answer)
+    run(page, test)
+    expect(test.locator(".jp-OutputArea-output")).to_contain_text("✓ lora_update_values", timeout=60_000)
+    expect(error).to_have_count(0)
+    steps.shot("right-answer-tick")
+
+
+def test_validate_reports_success_on_a_complete_notebook(lab, page, steps):
+    notebook = open_notebook(page, lab, "course/lora/01_elementwise_attempt.ipynb", "validate")
+    fill_answers(page, notebook, "01")
+    steps.shot("answers-written")
+    notebook.locator(".validate-button").click()  # nbgrader saves the notebook, then validates it
+    dialog = page.locator(".jp-Dialog")
+    expect(dialog).to_contain_text("Success! Your notebook passes all the tests.", timeout=SLOW_CELL)
+    steps.shot("validated")
+
+
+def test_running_a_complete_notebook_draws_every_plot(lab, page, steps):
+    key = "02"
+    path = f"complete/{NOTEBOOKS[key].filename}"
+    complete = complete_submission(key)
+    (lab.root / path).parent.mkdir(exist_ok=True)
+    (lab.root / path).write_text(json.dumps(complete))
+    plots = sum("plt.show()" in "".join(cell["source"]) for cell in complete["cells"])
+    assert plots, f"notebook {key} should draw a plot"
+
+    notebook = open_notebook(page, lab, path, "run-all")
+    menu(page, "Run", "Run All Cells")
+    # Every cell ran: each prompt shows its execution count, none [ ] (not run) or [*] (queued).
+    page.wait_for_function("""() => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'))
+                                    .every(prompt => /^\\[\\d+\\]:$/.test(prompt.textContent.trim()))""",
+                           timeout=SLOW_CELL)
+    steps.shot("ran-all-cells")
+    expect(notebook.locator(".jp-OutputArea-output img")).to_have_count(plots)
+    expect(notebook.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
+                            ).filter(has_text="Error")).to_have_count(0)
+
+
+def test_formgrader_lists_the_assignment(lab, page, steps):
+    page.goto(lab.url("lab/workspaces/formgrader"))
+    menu(page, "Nbgrader", "Formgrader")
+    formgrader = page.frame_locator("iframe")
+    expect(formgrader.get_by_role("link", name="lora", exact=True)).to_be_visible(timeout=60_000)
+    steps.shot("formgrader")
