@@ -1,4 +1,12 @@
 """nbgrader, configured for this course. Run every nbgrader command from this folder."""
+import os
+
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import CheckCellMetadata, ClearHiddenTests, ClearOutput, DeduplicateIds, GetGrades
+from nbgrader.preprocessors import OverwriteKernelspec
+
+from lora_grader.nbgrader_plugins import OverwriteChangedCells
+
 c = get_config()  # noqa: F821 (provided by nbgrader)
 
 # Our folders: solutions/ holds the instructor's notebooks, course/ the released ones.
@@ -19,5 +27,17 @@ c.Execute.timeout = 60
 c.IgnorePattern.pattern = r"[\s\S]*"
 c.IgnorePattern.enabled = True  # off by default in nbgrader 0.9: the pattern alone does nothing
 
-# A test cell a student deleted is put back and graded.
+# A test cell a student deleted is put back and graded. Test cells come back as the gradebook has
+# them, with no warning for a released cell's missing hidden part (lora_grader/nbgrader_plugins.py).
 c.OverwriteCells.add_missing_cells = True
+c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec, OverwriteChangedCells,
+                                      CheckCellMetadata]
+
+# Feedback shows a test cell as the student saw it: the hidden cases' source stays with the instructor.
+c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, ClearHiddenTests]
+
+# nbgrader's exchange (`nbgrader release_assignment`, `collect`) lives in the course folder by
+# default, so the Formgrader finds it. On a shared JupyterHub, point every user's configuration
+# at one folder all of them can write to instead, e.g. /srv/nbgrader/exchange.
+c.Exchange.root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exchange")
+os.makedirs(c.Exchange.root, exist_ok=True)

@@ -41,7 +41,7 @@ def course(tmp_path_factory):
     (shadow / "torch.py").write_text("raise ImportError('a student file shadowed torch')\n")
     course.submit("tampered", {NOTEBOOKS["01"].filename: _tamper(complete_submission("01"))})
     (course.root / "submitted" / "complete" / "lora" / "torch.py").write_text("raise ImportError('shadowed')\n")
-    course.nbgrader("autograde", "lora")
+    course.autograde_log = course.nbgrader("autograde", "lora")
     return course
 
 
@@ -75,6 +75,13 @@ def test_tampered_test_cells_are_restored_and_the_broken_answer_loses_their_poin
 
 
 @pytest.mark.slow
+def test_autograde_warns_only_about_test_cells_a_student_changed(course):
+    warnings = [line for line in course.autograde_log.splitlines() if "has changed" in line]
+    assert warnings, "the tampered student's emptied test cell should be reported"
+    assert all("lora_update_shape" in line for line in warnings), "\n".join(warnings)
+
+
+@pytest.mark.slow
 def test_feedback_and_export(course):
     course.nbgrader("generate_feedback", "lora")
     for student, submitted in (("complete", NOTEBOOKS), ("untouched", NOTEBOOKS), ("tampered", ["01"])):
@@ -84,6 +91,9 @@ def test_feedback_and_export(course):
     feedback = (course.root / "feedback" / "tampered" / "lora" / "01_elementwise_attempt.html").read_text()
     assert "CheckFailed" in feedback
     assert "most recent call last" not in feedback and "core.py" not in feedback, "the hint alone, no grader path"
+    complete = (course.root / "feedback" / "complete" / "lora" / "01_elementwise_attempt.html").read_text()
+    assert "hidden=True" not in complete and "HIDDEN TESTS" not in complete, "hidden cases stay with the instructor"
+    assert "check(&quot;01&quot;, &quot;lora_update_values&quot;" in complete or "lora_update_values" in complete
     course.nbgrader("export")
     with open(course.root / "grades.csv") as file:
         rows = {row["student_id"]: row for row in csv.DictReader(file)}

@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import linecache
 import os
+import textwrap
 import traceback
 from typing import Any, Callable, Mapping
 
@@ -24,8 +25,18 @@ class CheckFailed(AssertionError):
 
     def _render_traceback_(self) -> list[str]:
         # IPython shows these lines instead of a traceback, in the notebook and in the error
-        # output that nbgrader keeps for its feedback: the hint alone, no path of the grader.
-        return [f"\x1b[1;31m{type(self).__name__}\x1b[0m: {self}"]
+        # output that nbgrader keeps for its feedback: the hint alone, no path of the grader,
+        # in lines short enough that the feedback page does not cut them off at its right edge.
+        return [f"\x1b[1;31m{type(self).__name__}\x1b[0m: " + wrapped(str(self))]
+
+
+def wrapped(message: str, width: int = 100) -> str:
+    """A message in lines of at most `width` characters, each continuation indented like its line."""
+    lines = []
+    for line in message.splitlines():
+        indent = line[: len(line) - len(line.lstrip())]
+        lines.extend(textwrap.wrap(line, width, subsequent_indent=indent + "  ", break_on_hyphens=False) or [""])
+    return "\n".join(lines)
 
 
 class ProbeError(Exception):
@@ -333,4 +344,5 @@ def run_check(check: Check, namespace: Mapping[str, Any], hidden: bool = False) 
         judge(check, cases, collect(check, namespace, cases))
     except CheckFailed as failure:
         raise CheckFailed(str(failure)) from None
-    print(f"✓ {check.name}: {len(cases)} case{'s' if len(cases) != 1 else ''} passed")
+    kind = "hidden case" if hidden else "case"
+    print(f"✓ {check.name}: {len(cases)} {kind}{'s' if len(cases) != 1 else ''} passed")
