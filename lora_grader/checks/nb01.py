@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from lora_grader.checks.core import (
-    Check, ProbeError, base_linear, count_flops, expect_tensor, fail, fit_scale, is_close,
+    Check, ProbeError, base_linear, count_flops_and_largest, expect_tensor, fail, fit_scale, is_close,
     matmul_flops, max_error, numbers, returned, shape_str, tensor,
 )
 
@@ -178,8 +178,8 @@ def _verdict_lora_update_values(case, data):
 def _probe_lora_update_flops(namespace, case):
     x, A, B = _inputs(case)
     update, results = namespace["lora_update"], []
-    flops = count_flops(lambda: results.append(update(x, A, B, case["scaling"])))
-    return {"flops": flops, "result": returned(results[0])}
+    flops, largest = count_flops_and_largest(lambda: results.append(update(x, A, B, case["scaling"])))
+    return {"flops": flops, "largest": largest, "result": returned(results[0])}
 
 
 def _verdict_lora_update_flops(case, data):
@@ -189,6 +189,12 @@ def _verdict_lora_update_flops(case, data):
              "fix lora_update_shape and lora_update_values first", case)
     d, k, r = case["in_features"], case["out_features"], case["rank"]
     tokens = math.prod(case["x_shape"][:-1])
+    # The cases make an in × out matrix far larger than anything x @ A, then @ B allocates.
+    if int(data["largest"]) >= d * k // 4:
+        fail(f"lora_update built a tensor of {int(data['largest']):,} numbers, as large as an in × out "
+             f"= {d}×{k} matrix, while x, x @ A and the result hold at most {tokens * max(d, k):,} each: "
+             "did you form A @ B (with @, einsum, torch.outer, or broadcasting and sum)? "
+             "Multiply x by A, then by B.", case)
     factored = matmul_flops(tokens, d, r) + matmul_flops(tokens, r, k)
     if data["flops"] > factored:
         fail(f"lora_update used {data['flops']:,} FLOPs, but (x @ A) @ B needs only {factored:,}: "
@@ -210,8 +216,10 @@ UPDATE_HIDDEN = _cases(
     [(20, 12, 5, (7, 20)), (10, 10, 1, (3, 4, 10)), (6, 30, 2, (1, 2, 2, 6))],
     seeds=(30, 40, 50), scalings=(0.25, 3.0, 0.5),
 )
-FLOP_CASES = _cases([(24, 40, 2, (3, 24))], seeds=(60,), scalings=(0.5,))
-FLOP_HIDDEN = _cases([(48, 32, 4, (2, 5, 48))], seeds=(70,), scalings=(2.0,))
+# An in × out matrix is a hundred times larger than x, x @ A or the result: however A @ B is
+# formed, its size shows. Both kinds of input, (tokens, in) and (batch, seq, in), are visible.
+FLOP_CASES = _cases([(512, 384, 2, (3, 512)), (384, 512, 2, (2, 2, 384))], seeds=(60, 65), scalings=(0.5, 1.5))
+FLOP_HIDDEN = _cases([(448, 320, 2, (2, 1, 448)), (320, 448, 3, (4, 320))], seeds=(70, 75), scalings=(2.0, 0.25))
 
 CHECKS = (
     Check("silent_failure_case", "silent_failure_case", 2,
