@@ -1,10 +1,12 @@
-"""Checks for notebook 01: the elementwise attempt, and the LoRA term done right."""
+"""Checks for notebook 01: the elementwise attempt, and the LoRA term done right.
+
+Attempt #1 is given code in the notebook; the grader computes what it does with plain tensor
+math, so that nothing here can be imported as a LoRALinear."""
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn as nn
 
 from lora_grader.checks.core import (
     Check, ProbeError, base_linear, count_flops_and_largest, expect_tensor, fail, fit_scale, is_close,
@@ -12,27 +14,6 @@ from lora_grader.checks.core import (
 )
 
 MANUAL_POINTS = {"why_zero_init_hides_the_bug": 2}
-
-
-class ElementwiseLoRALinear(nn.Module):
-    """Attempt #1 from the challenge, verbatim but for its name. The grader's own copy."""
-
-    def __init__(self, base_layer, rank=4, alpha=1):
-        super().__init__()
-        self.base_layer = base_layer
-        self.rank = rank
-        self.alpha = alpha
-        self.scaling = alpha / rank
-        in_features = base_layer.in_features
-        out_features = base_layer.out_features
-        self.lora_A = nn.Parameter(torch.randn(in_features, self.rank))
-        self.lora_B = nn.Parameter(torch.zeros(self.rank, out_features))
-        for param in self.base_layer.parameters():
-            param.requires_grad = False
-
-    def forward(self, x):
-        x = self.base_layer(x) + self.scaling * (self.lora_A @ self.lora_B) * x
-        return x
 
 
 # --- silent_failure_case ---------------------------------------------------------------------
@@ -63,21 +44,23 @@ def _read_case_spec(spec) -> dict:
     return {**sizes, "x_shape": [int(n) for n in shape]}
 
 
+def _attempt_1(x, base, A, B, rank):
+    """What Attempt #1's forward computes (rank=rank, alpha=1), the elementwise bug included."""
+    return base(x) + (1 / rank) * (A @ B) * x
+
+
 def _probe_silent_failure_case(namespace, case):
     spec = _read_case_spec(namespace["silent_failure_case"]())
-    torch.manual_seed(case["seed"])
-    layer = ElementwiseLoRALinear(
-        base_linear(spec["in_features"], spec["out_features"], case["seed"]), spec["rank"]
-    )
-    with torch.no_grad():
-        layer.lora_B.copy_(tensor((spec["rank"], spec["out_features"]), case["seed"] + 3))
+    d, k, r = spec["in_features"], spec["out_features"], spec["rank"]
+    A = tensor((d, r), case["seed"] + 5)  # Attempt #1 draws A from a Gaussian
+    B = tensor((r, k), case["seed"] + 3)  # and B as if trained
     x = tensor(spec["x_shape"], case["seed"] + 4)
     try:
         with torch.no_grad():
-            output, error = layer(x), ""
+            output, error = _attempt_1(x, base_linear(d, k, case["seed"]), A, B, r), ""
     except Exception as exception:
         output, error = None, f"{type(exception).__name__}: {exception}"
-    return {"spec": spec, "lora_A": layer.lora_A, "output": output, "error": error}
+    return {"spec": spec, "output": output, "error": error}
 
 
 def _verdict_silent_failure_case(case, data):
@@ -93,7 +76,7 @@ def _verdict_silent_failure_case(case, data):
     seed = case["seed"]
     base = base_linear(d, k, seed)
     x = tensor(x_shape, seed + 4).double()
-    A, B = data["lora_A"].double(), tensor((r, k), seed + 3).double()
+    A, B = tensor((d, r), seed + 5).double(), tensor((r, k), seed + 3).double()
     expected = x @ base.weight.double().T + base.bias.double() + (1 / r) * (x @ A) @ B
     seen = data["output"]
     if seen.shape == expected.shape and is_close(seen, expected):

@@ -557,6 +557,8 @@ def _changed(before, after) -> bool:
 def verdict_export_leaves_layer(case, data):
     for state in ("unmerged", "merged"):
         what, entry = _layer_state(state), data[state]
+        if not entry["export"]["is_linear"]:
+            fail(f"{what} returned a {entry['export']['kind']}, not an nn.Linear: fix export_merged_output first", case)
         before, after = entry["before"], entry["after"]
         if _flag_seen(before["flag"]) != _flag_seen(after["flag"]):
             fail(f"{what} left the layer's `merged` flag at {_flag_seen(after['flag'])}, but it was "
