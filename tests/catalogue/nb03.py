@@ -200,6 +200,12 @@ class LoRALinear(nn.Module):
             if p.requires_grad:
                 total += p.numel()
     return total"""), "count_trainable_shared", "counted twice"),
+    # Right on every module but one whose shared weight is frozen: only that visible case shows it.
+    bug("03-count-subtracts-frozen-duplicates", "03", count("""    every = [p for _, p in module.named_parameters(remove_duplicate=False)]
+    total = sum(p.numel() for p in every if p.requires_grad)
+    ids = [id(p) for p in every]
+    return total - sum(p.numel() * (ids.count(id(p)) - 1) for p in {id(p): p for p in every}.values())"""),
+        "count_trainable_shared", "count each parameter tensor once"),
     variant("03-count-dedup-named-parameters", "03", count("""    seen, total = set(), 0
     for _, p in module.named_parameters(remove_duplicate=False):
         if p.requires_grad and id(p) not in seen:
