@@ -123,6 +123,8 @@ def _explain_update_error(case, outcome) -> str | None:
         return "`*` is elementwise and needs broadcastable shapes; a linear map needs `@`."
     if "must be a matrix" in message or "2D" in message:
         return "torch.mm only takes 2-D matrices; `@` (torch.matmul) keeps any leading dimensions."
+    if "object is not callable" in message:
+        return "lora_A and lora_B are tensors, not layers: multiply with `@`, (x @ lora_A) @ lora_B."
     if "cannot be multiplied" in message or "mat1 and mat2" in message:
         return "the inner sizes must agree: (x @ A) is (…, r), and (…, r) @ B (r, out) gives (…, out)."
     return None

@@ -33,6 +33,8 @@ ENTRIES = [
     bug("01-torch-mm-only-takes-matrices", "01",
         update("return torch.mm(torch.mm(x, lora_A), lora_B) * scaling"),
         "lora_update_shape", "torch.mm only takes 2-D"),
+    bug("01-calls-the-tensors", "01", update("return lora_B(lora_A(x)) * scaling"),
+        "lora_update_shape", "tensors, not layers"),
     bug("01-returns-numpy", "01", update("return ((x @ lora_A) @ lora_B * scaling).numpy()"),
         "lora_update_shape", "should be a tensor"),
     bug("01-no-scaling", "01", update("return (x @ lora_A) @ lora_B"),
