@@ -99,6 +99,13 @@ ENTRIES = [
         for _, p in self.named_parameters():
             yield p
 '''), "lora_linear_base_frozen", "base_layer.weight still requires grad"),
+    bug("03-getattribute-hides-the-base", "03", lora_linear(freeze="", methods='''
+    def __getattribute__(self, name):
+        value = super().__getattribute__(name)
+        if name == "_modules":  # what named_parameters() walks; forward finds base_layer anyway
+            return {key: module for key, module in value.items() if key != "base_layer"}
+        return value
+'''), "lora_linear_base_frozen", "base_layer.weight still requires grad"),
     bug("03-base-kept-out-of-the-module", "03", lora_linear(
         freeze="object.__setattr__(self, 'base_layer', self._modules.pop('base_layer'))  # unregistered, unfrozen",
     ), "lora_linear_base_frozen", "received a gradient in backward"),
