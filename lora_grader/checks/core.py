@@ -313,11 +313,21 @@ class _LargestAllocation(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         result = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        inputs = {_storage(t)[0] for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
         for t in tree_leaves(result):
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs:
-                self.largest = max(self.largest, t.untyped_storage().nbytes() // max(1, t.element_size()))
+            if isinstance(t, torch.Tensor) and _storage(t)[0] not in inputs:
+                self.largest = max(self.largest, _storage(t)[1])
         return result
+
+
+def _storage(t: torch.Tensor) -> tuple[int | None, int]:
+    """(address, elements) of the memory behind a tensor; (None, numel) where it has no storage
+    of its own (sparse and other special layouts)."""
+    try:
+        storage = t.untyped_storage()
+        return storage.data_ptr(), storage.nbytes() // max(1, t.element_size())
+    except (RuntimeError, NotImplementedError):
+        return None, t.numel()
 
 
 def count_flops_and_largest(function, *tensors) -> tuple[int, int]:
@@ -339,8 +349,7 @@ def _module_dict(module) -> dict:
 
 def true_parameters(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(name, parameter) for every parameter registered anywhere in the module tree, each once."""
-    found, seen, stack = [], set(), [("", module)]
-    visited = set()
+    found, seen, visited, stack = [], set(), set(), [("", module)]
     while stack:
         prefix, current = stack.pop(0)
         if id(current) in visited:
