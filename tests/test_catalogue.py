@@ -25,6 +25,11 @@ def test_bug_is_caught_by_the_check_that_names_its_cause(entry, graded):
     assert entry.says.lower() in first.message.lower(), (
         f"{entry.name}: {first.check.name}'s feedback does not say {entry.says!r}:\n{first.message}"
     )
+    if entry.fails_only:
+        assert [result.check.name for result in failed] == list(entry.fails_only), (
+            f"{entry.name}: one mistake, reported by {entry.fails_only}, also failed "
+            f"{[result.check.name for result in failed if result.check.name not in entry.fails_only]}"
+        )
 
 
 @pytest.mark.parametrize("entry", VARIANTS, ids=lambda entry: entry.name)

@@ -17,6 +17,8 @@ import traceback
 from typing import Any, Callable, Mapping
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 
@@ -314,6 +316,93 @@ def count_flops(function, *tensors) -> int:
     with FlopCounterMode(display=False) as counter:
         function(*tensors)
     return counter.get_total_flops()
+
+
+class _LargestAllocation(TorchDispatchMode):
+    """Records the largest tensor any operation allocates. A view or an in-place result shares
+    its input's storage and allocates nothing, so it is not counted (else a view of the base
+    weight would count as an (in, out) matrix)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        inputs = {_storage(t)[0] for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for t in tree_leaves(result):
+            if isinstance(t, torch.Tensor) and _storage(t)[0] not in inputs:
+                self.largest = max(self.largest, _storage(t)[1])
+        return result
+
+
+def _storage(t: torch.Tensor) -> tuple[int | None, int]:
+    """(address, elements) of the memory behind a tensor; (None, numel) where it has no storage
+    of its own (sparse and other special layouts)."""
+    try:
+        storage = t.untyped_storage()
+        return storage.data_ptr(), storage.nbytes() // max(1, t.element_size())
+    except (RuntimeError, NotImplementedError):
+        return None, t.numel()
+
+
+def count_flops_and_largest(function, *tensors) -> tuple[int, int]:
+    """FLOPs of function(*tensors) as FlopCounterMode counts them, and the number of elements of
+    the largest tensor it allocated: an (in, out) matrix formed by broadcasting, einsum, outer
+    products or a loop costs few counted FLOPs but is still a large tensor."""
+    with FlopCounterMode(display=False) as counter, _LargestAllocation() as sizes:
+        function(*tensors)
+    return counter.get_total_flops(), sizes.largest
+
+
+# --- reading a module's state in a way its class cannot redirect ----------------------------
+# A student's class may override parameters(), named_parameters(), __getattr__ or a Parameter's
+# requires_grad; the grader reads nn.Module's own dictionaries and torch's own descriptors.
+
+def _module_dict(module) -> dict:
+    return object.__getattribute__(module, "__dict__")
+
+
+def true_parameters(module: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(name, parameter) for every parameter registered anywhere in the module tree, each once."""
+    found, seen, visited, stack = [], set(), set(), [("", module)]
+    while stack:
+        prefix, current = stack.pop(0)
+        if id(current) in visited:
+            continue
+        visited.add(id(current))
+        own = _module_dict(current)
+        for name, parameter in dict.items(own.get("_parameters") or {}):
+            if isinstance(parameter, torch.Tensor) and id(parameter) not in seen:
+                seen.add(id(parameter))
+                found.append((prefix + name, parameter))
+        for name, child in dict.items(own.get("_modules") or {}):
+            if isinstance(child, torch.nn.Module):
+                stack.append((prefix + name + ".", child))
+    return found
+
+
+def true_requires_grad(tensor: torch.Tensor) -> bool:
+    return bool(torch._C.TensorBase.requires_grad.__get__(tensor))
+
+
+def true_grad(tensor: torch.Tensor):
+    return torch._C.TensorBase.grad.__get__(tensor)
+
+
+def true_grad_fn(tensor: torch.Tensor) -> str | None:
+    grad_fn = torch._C.TensorBase.grad_fn.__get__(tensor)
+    return None if grad_fn is None else type(grad_fn).__name__
+
+
+def true_numel(tensor: torch.Tensor) -> int:
+    with torch._C.DisableTorchFunctionSubclass():
+        return int(torch._C.TensorBase.numel(tensor))
+
+
+def storage_of(tensor: torch.Tensor) -> int:
+    with torch._C.DisableTorchFunctionSubclass():
+        return int(torch._C.TensorBase.untyped_storage(tensor).data_ptr())
 
 
 # --- inputs: built the same way by the probe (in the child) and the verdict (in the grader) --

@@ -13,8 +13,9 @@ import torch
 import torch.nn as nn
 
 from lora_grader.checks.core import (
-    Check, ProbeError, base_linear, count_flops, fail, fit_scale, is_close,
-    matmul_flops, max_error, numbers, safe_str, shape_str, student_location, tensor,
+    Check, ProbeError, base_linear, count_flops_and_largest, fail, fit_scale, is_close, matmul_flops,
+    max_error, numbers, safe_str, shape_str, student_location, tensor, true_grad, true_numel,
+    true_parameters, true_requires_grad,
 )
 
 
@@ -90,7 +91,7 @@ def probe_layer(layout: Layout):
         layer = namespace["LoRALinear"](base, rank=r, alpha=case["alpha"])
         A, B = layout.tensors(layer)
         data = {
-            "A_kind": type(A).__name__, "B_kind": type(B).__name__,
+            "A_kind": _kind(A), "B_kind": _kind(B),
             "A_shape": list(A.shape), "B_shape": list(B.shape),
             "A_init": A.detach().clone(), "B_init": B.detach().clone(),
             "adapter_biases": layout.biases(layer),
@@ -98,10 +99,16 @@ def probe_layer(layout: Layout):
         }
         second = namespace["LoRALinear"](base_linear(d, k, case["seed"]), rank=r, alpha=case["alpha"])
         data["A_init_again"] = layout.tensors(second)[0].detach().clone()
-        if [list(A.shape), list(B.shape)] != [list(s) for s in layout.stored_shapes(d, k, r)]:
-            return data  # the verdicts say which shape is wrong; nothing more can be measured
+        # Freezing and registration do not depend on the adapters' shapes: read them first.
+        _record_parameters(layer, A, B, data)
+        shapes, expected = [list(A.shape), list(B.shape)], [list(s) for s in layout.stored_shapes(d, k, r)]
+        transposed = shapes == [expected[0][::-1], expected[1][::-1]]
+        if shapes != expected and not transposed:
+            data["shapes_wrong"] = True
+            return data  # the verdicts say which shape is wrong; the forward cannot be measured
+        data["shapes_wrong"] = transposed
         try:
-            _run_forward(layer, A, B, layout, case, data)
+            _run_forward(layer, A, B, layout.as_linear != transposed, case, data)
         except NotImplementedError:
             data["forward_error"] = {"type": "NotImplementedError", "message": "", "where": ""}
             return data
@@ -109,33 +116,53 @@ def probe_layer(layout: Layout):
             data["forward_error"] = {"type": type(error).__name__, "message": safe_str(error),
                                      "where": student_location(error)}
             return data
-        adapter = {id(A): "lora_A", id(B): "lora_B"}
-        data["parameters"] = [
-            {
-                "name": adapter.get(id(p), name),
-                "adapter": id(p) in adapter,
-                "numel": p.numel(),
-                "requires_grad": p.requires_grad,
-                "grad_norm": None if p.grad is None else p.grad.double().norm().item(),
-            }
-            for name, p in layer.named_parameters()
-        ]
-        data["registered"] = sorted(adapter[id(p)] for p in layer.parameters() if id(p) in adapter)
-        data["adapter_requires_grad"] = [A.requires_grad, B.requires_grad]
-        data["adapter_grad_norms"] = [None if t.grad is None else t.grad.double().norm().item() for t in (A, B)]
+        _record_parameters(layer, A, B, data)
+        data["adapter_grad_norms"] = [_grad_norm(t) for t in (A, B)]
+        # The base the grader passed in, registered or not: if backward reached it, it trains.
+        data["given_base_grads"] = {f"base_layer.{name}": _grad_norm(p) for name, p in true_parameters(base)}
         return data
 
     return probe
 
 
-def _run_forward(layer, A, B, layout, case, data):
+def _kind(tensor) -> str:
+    return "Parameter" if isinstance(tensor, nn.Parameter) else type(tensor).__name__
+
+
+def _grad_norm(parameter) -> float | None:
+    grad = true_grad(parameter)
+    return None if grad is None else grad.double().norm().item()
+
+
+def _record_parameters(layer, A, B, data: dict) -> None:
+    """Every registered parameter, read through nn.Module's own dictionaries and torch's own
+    descriptors: a class that overrides named_parameters() or a Parameter that reports
+    requires_grad=False cannot hide an unfrozen base."""
+    found, adapter = true_parameters(layer), {id(A): "lora_A", id(B): "lora_B"}
+    data["parameters"] = [
+        {
+            "name": adapter.get(id(p), name),
+            "adapter": id(p) in adapter,
+            "numel": true_numel(p),
+            "requires_grad": true_requires_grad(p),
+            "grad_norm": _grad_norm(p),
+        }
+        for name, p in found
+    ]
+    data["registered"] = sorted(adapter[id(p)] for _, p in found if id(p) in adapter)
+    data["adapter_requires_grad"] = [true_requires_grad(A), true_requires_grad(B)]
+
+
+def _run_forward(layer, A, B, stored_as_rows, case, data):
+    """Load the known adapter, as (r, in) and (out, r) rows when `stored_as_rows`, and record
+    the outputs, FLOPs, largest allocation and gradients."""
     x = tensor(case["x_shape"], case["seed"] + 4)
     with torch.no_grad():
         data["out_init"] = _tensor_returned(layer(x))
         A_math, B_math = _math_adapter(case)
-        A.copy_(A_math.T if layout.as_linear else A_math)
-        B.copy_(B_math.T if layout.as_linear else B_math)
-        data["flops"] = count_flops(lambda: layer(x))
+        A.copy_(A_math.T if stored_as_rows else A_math)
+        B.copy_(B_math.T if stored_as_rows else B_math)
+        data["flops"], data["largest"] = count_flops_and_largest(lambda: layer(x))
     out = data["out"] = _tensor_returned(layer(x))
     if out.requires_grad:
         (out * tensor(out.shape, case["seed"] + 7)).sum().backward()
@@ -149,17 +176,29 @@ def _tensor_returned(value):
 
 def _measured(data, key, case):
     error = data.get("forward_error")
+    if data.get("shapes_wrong") and (error or key not in data):
+        fail("lora_A or lora_B has the wrong shape, so this could not be measured: "
+             "fix lora_linear_parameters first", case)
     if error and error["type"] == "NotImplementedError":
         fail("LoRALinear.forward is not implemented yet (it still raises NotImplementedError).")
     if error:
         where = f" at {error['where']}" if error["where"] else ""
-        hint = ("\n  Likely cause: `*` multiplies elementwise and only runs when shapes broadcast; "
-                "a linear map needs `@`." if "must match the size" in error["message"] else "")
-        fail(f"forward raised {error['type']}{where}: {error['message']}{hint}", case)
-    if key not in data:
-        fail("lora_A or lora_B has the wrong shape, so this could not be measured: "
-             "fix lora_linear_parameters first", case)
+        hint = _forward_hint(error["message"])
+        fail(f"forward raised {error['type']}{where}: {error['message']}"
+             + (f"\n  Likely cause: {hint}" if hint else ""), case)
     return data[key]
+
+
+def _forward_hint(message: str) -> str | None:
+    if "must match the size" in message:
+        return "`*` multiplies elementwise and only runs when shapes broadcast; a linear map needs `@`."
+    if "cannot be multiplied" in message:
+        return ("the adapter maps x (…, in) to (…, rank) with lora_A, then to (…, out) with lora_B: "
+                "are they applied in that order, each the right way round?")
+    if "object is not callable" in message:
+        return ("lora_A and lora_B are nn.Parameters here, tensors rather than layers: multiply "
+                "with `@` instead of calling them")
+    return None
 
 
 def verdict_parameters(layout: Layout):
@@ -191,6 +230,10 @@ def verdict_parameters(layout: Layout):
 
 def verdict_init(case, data):
     B, A, A_again = data["B_init"], data["A_init"], data["A_init_again"]
+    if B.count_nonzero().item() and not A.count_nonzero().item():
+        fail("lora_A starts at zero and lora_B is random: the two initialisations are swapped. lora_A is "
+             "drawn from a Gaussian (so that lora_B gets a gradient), and lora_B starts at zero (so that "
+             "the layer starts as the base layer).", case)
     if B.count_nonzero().item():
         fail(f"lora_B should start at exactly zero (so the layer starts as the base layer), "
              f"but {B.count_nonzero().item()} of its {B.numel()} entries are not zero: {numbers(B)}", case)
@@ -288,7 +331,7 @@ def _in_adapter(parameter) -> bool:
 
 
 def verdict_base_frozen(case, data):
-    base = [p for p in _measured(data, "parameters", case) if not _in_adapter(p)]
+    base = [p for p in data["parameters"] if not _in_adapter(p)]
     frozen = [p["name"] for p in base if not p["requires_grad"]]
     for parameter in base:
         if parameter["requires_grad"] and frozen:
@@ -301,19 +344,25 @@ def verdict_base_frozen(case, data):
                  "`base_layer.requires_grad_(False)` or set it on every parameter.", case)
         if parameter["grad_norm"] is not None:
             fail(f"{parameter['name']} received a gradient in backward: the base must be frozen", case)
+    for name, norm in data.get("given_base_grads", {}).items():
+        if norm is not None:
+            fail(f"{name} received a gradient in backward, so the base layer is not frozen (is it kept "
+                 "where the module does not register it?): freeze it with `base_layer.requires_grad_(False)`",
+                 case)
 
 
 def verdict_trainable(case, data):
     d, k, r = _sizes(case)
     names = ("lora_A", "lora_B")
-    registered = _measured(data, "registered", case)
+    registered = data["registered"]
     for name in names:
         if name not in registered:
             fail(f"{name} is not a parameter of the module (it is missing from layer.parameters()), "
                  "so an optimizer never sees it: make it an nn.Parameter (or nn.Linear) attribute", case)
-    for name, requires, norm in zip(names, data["adapter_requires_grad"], data["adapter_grad_norms"]):
+    for name, requires in zip(names, data["adapter_requires_grad"]):
         if not requires:
             fail(f"{name} does not require grad, so it never trains", case)
+    for name, norm in zip(names, _measured(data, "adapter_grad_norms", case)):
         if norm is None or norm == 0.0:
             fail(f"{name} received {'no' if norm is None else 'a zero'} gradient with a non-zero lora_B: "
                  "is it used in forward, and not detached or computed under torch.no_grad()?", case)
@@ -326,13 +375,18 @@ def verdict_trainable(case, data):
 
 
 def verdict_flops(case, data):
-    flops = _measured(data, "flops", case)
+    flops, largest = _measured(data, "flops", case), int(_measured(data, "largest", case))
     base_out, term = _expected(case)
     if not is_close(_measured(data, "out", case), base_out + case["alpha"] / case["rank"] * term):
         fail("the FLOP budget only counts for a correct output, and this one is wrong: "
              "fix the output shape and values checks first", case)
     d, k, r = _sizes(case)
     tokens = math.prod(case["x_shape"][:-1])
+    # FLOP_CASES make an in × out matrix far larger than anything a factored forward allocates.
+    if largest >= d * k // 4:
+        fail(f"forward built a tensor of {largest:,} numbers, as large as an in × out = {d}×{k} matrix, "
+             f"while x, x @ A and the output hold at most {tokens * max(d, k):,} each: is A @ B formed "
+             "(with @, einsum, torch.outer, or broadcasting and sum)? Apply A, then B, to x.", case)
     budget = matmul_flops(tokens, d, k) + matmul_flops(tokens, d, r) + matmul_flops(tokens, r, k)
     if flops > budget:
         fail(f"forward used {flops:,} FLOPs but base + (x @ A) @ B needs only {budget:,}: "
@@ -340,7 +394,8 @@ def verdict_flops(case, data):
 
 
 def layer_checks(layout: Layout, cases, hidden_cases, points: dict[str, int]) -> tuple[Check, ...]:
-    """The LoRALinear checks, in the order a student should fix them."""
+    """The LoRALinear checks, in the order a student should fix them. The FLOP check runs on
+    its own, larger cases."""
     probe = probe_layer(layout)
     verdicts = {
         "lora_linear_parameters": verdict_parameters(layout),
@@ -353,8 +408,10 @@ def layer_checks(layout: Layout, cases, hidden_cases, points: dict[str, int]) ->
         "lora_linear_trainable": verdict_trainable,
         "lora_linear_flops": verdict_flops,
     }
+    flops = (FLOP_CASES, FLOP_HIDDEN)
     return tuple(
-        Check(name, "LoRALinear", points[name], probe, verdict, cases, hidden_cases)
+        Check(name, "LoRALinear", points[name], probe, verdict,
+              *(flops if name == "lora_linear_flops" else (cases, hidden_cases)))
         for name, verdict in verdicts.items()
     )
 
@@ -371,3 +428,6 @@ CASES = layer_cases([(12, 20, 4, 6, (5, 12)), (16, 6, 2, 3, (2, 3, 16))], seeds=
 HIDDEN_CASES = layer_cases(
     [(10, 14, 3, 1, (2, 2, 3, 10)), (20, 8, 5, 8, (7, 20)), (9, 9, 2, 5, (4, 9))], seeds=(120, 130, 140)
 )
+# Few tokens and rank 2: an in × out matrix is a hundred times larger than x or the output.
+FLOP_CASES = layer_cases([(512, 384, 2, 3, (3, 512)), (384, 512, 2, 5, (2, 2, 384))], seeds=(150, 160))
+FLOP_HIDDEN = layer_cases([(448, 320, 2, 1, (4, 448)), (320, 448, 3, 2, (1, 3, 320))], seeds=(170, 180))

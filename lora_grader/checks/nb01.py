@@ -1,38 +1,19 @@
-"""Checks for notebook 01: the elementwise attempt, and the LoRA term done right."""
+"""Checks for notebook 01: the elementwise attempt, and the LoRA term done right.
+
+Attempt #1 is given code in the notebook; the grader computes what it does with plain tensor
+math, so that nothing here can be imported as a LoRALinear."""
 from __future__ import annotations
 
 import math
 
 import torch
-import torch.nn as nn
 
 from lora_grader.checks.core import (
-    Check, ProbeError, base_linear, count_flops, expect_tensor, fail, fit_scale, is_close,
+    Check, ProbeError, base_linear, count_flops_and_largest, expect_tensor, fail, fit_scale, is_close,
     matmul_flops, max_error, numbers, returned, shape_str, tensor,
 )
 
 MANUAL_POINTS = {"why_zero_init_hides_the_bug": 2}
-
-
-class ElementwiseLoRALinear(nn.Module):
-    """Attempt #1 from the challenge, verbatim but for its name. The grader's own copy."""
-
-    def __init__(self, base_layer, rank=4, alpha=1):
-        super().__init__()
-        self.base_layer = base_layer
-        self.rank = rank
-        self.alpha = alpha
-        self.scaling = alpha / rank
-        in_features = base_layer.in_features
-        out_features = base_layer.out_features
-        self.lora_A = nn.Parameter(torch.randn(in_features, self.rank))
-        self.lora_B = nn.Parameter(torch.zeros(self.rank, out_features))
-        for param in self.base_layer.parameters():
-            param.requires_grad = False
-
-    def forward(self, x):
-        x = self.base_layer(x) + self.scaling * (self.lora_A @ self.lora_B) * x
-        return x
 
 
 # --- silent_failure_case ---------------------------------------------------------------------
@@ -63,21 +44,23 @@ def _read_case_spec(spec) -> dict:
     return {**sizes, "x_shape": [int(n) for n in shape]}
 
 
+def _attempt_1(x, base, A, B, rank):
+    """What Attempt #1's forward computes (rank=rank, alpha=1), the elementwise bug included."""
+    return base(x) + (1 / rank) * (A @ B) * x
+
+
 def _probe_silent_failure_case(namespace, case):
     spec = _read_case_spec(namespace["silent_failure_case"]())
-    torch.manual_seed(case["seed"])
-    layer = ElementwiseLoRALinear(
-        base_linear(spec["in_features"], spec["out_features"], case["seed"]), spec["rank"]
-    )
-    with torch.no_grad():
-        layer.lora_B.copy_(tensor((spec["rank"], spec["out_features"]), case["seed"] + 3))
+    d, k, r = spec["in_features"], spec["out_features"], spec["rank"]
+    A = tensor((d, r), case["seed"] + 5)  # Attempt #1 draws A from a Gaussian
+    B = tensor((r, k), case["seed"] + 3)  # and B as if trained
     x = tensor(spec["x_shape"], case["seed"] + 4)
     try:
         with torch.no_grad():
-            output, error = layer(x), ""
+            output, error = _attempt_1(x, base_linear(d, k, case["seed"]), A, B, r), ""
     except Exception as exception:
         output, error = None, f"{type(exception).__name__}: {exception}"
-    return {"spec": spec, "lora_A": layer.lora_A, "output": output, "error": error}
+    return {"spec": spec, "output": output, "error": error}
 
 
 def _verdict_silent_failure_case(case, data):
@@ -96,7 +79,7 @@ def _verdict_silent_failure_case(case, data):
     seed = case["seed"]
     base = base_linear(d, k, seed)
     x = tensor(x_shape, seed + 4).double()
-    A, B = data["lora_A"].double(), tensor((r, k), seed + 3).double()
+    A, B = tensor((d, r), seed + 5).double(), tensor((r, k), seed + 3).double()
     expected = x @ base.weight.double().T + base.bias.double() + (1 / r) * (x @ A) @ B
     seen = data["output"]
     if seen.shape == expected.shape and is_close(seen, expected):
@@ -143,6 +126,8 @@ def _explain_update_error(case, outcome) -> str | None:
         return "`*` is elementwise and needs broadcastable shapes; a linear map needs `@`."
     if "must be a matrix" in message or "2D" in message:
         return "torch.mm only takes 2-D matrices; `@` (torch.matmul) keeps any leading dimensions."
+    if "object is not callable" in message:
+        return "lora_A and lora_B are tensors, not layers: multiply with `@`, (x @ lora_A) @ lora_B."
     if "cannot be multiplied" in message or "mat1 and mat2" in message:
         return "the inner sizes must agree: (x @ A) is (…, r), and (…, r) @ B (r, out) gives (…, out)."
     return None
@@ -181,8 +166,8 @@ def _verdict_lora_update_values(case, data):
 def _probe_lora_update_flops(namespace, case):
     x, A, B = _inputs(case)
     update, results = namespace["lora_update"], []
-    flops = count_flops(lambda: results.append(update(x, A, B, case["scaling"])))
-    return {"flops": flops, "result": returned(results[0])}
+    flops, largest = count_flops_and_largest(lambda: results.append(update(x, A, B, case["scaling"])))
+    return {"flops": flops, "largest": largest, "result": returned(results[0])}
 
 
 def _verdict_lora_update_flops(case, data):
@@ -192,6 +177,12 @@ def _verdict_lora_update_flops(case, data):
              "fix lora_update_shape and lora_update_values first", case)
     d, k, r = case["in_features"], case["out_features"], case["rank"]
     tokens = math.prod(case["x_shape"][:-1])
+    # The cases make an in × out matrix far larger than anything x @ A, then @ B allocates.
+    if int(data["largest"]) >= d * k // 4:
+        fail(f"lora_update built a tensor of {int(data['largest']):,} numbers, as large as an in × out "
+             f"= {d}×{k} matrix, while x, x @ A and the result hold at most {tokens * max(d, k):,} each: "
+             "did you form A @ B (with @, einsum, torch.outer, or broadcasting and sum)? "
+             "Multiply x by A, then by B.", case)
     factored = matmul_flops(tokens, d, r) + matmul_flops(tokens, r, k)
     if data["flops"] > factored:
         fail(f"lora_update used {data['flops']:,} FLOPs, but (x @ A) @ B needs only {factored:,}: "
@@ -213,8 +204,10 @@ UPDATE_HIDDEN = _cases(
     [(20, 12, 5, (7, 20)), (10, 10, 1, (3, 4, 10)), (6, 30, 2, (1, 2, 2, 6))],
     seeds=(30, 40, 50), scalings=(0.25, 3.0, 0.5),
 )
-FLOP_CASES = _cases([(24, 40, 2, (3, 24))], seeds=(60,), scalings=(0.5,))
-FLOP_HIDDEN = _cases([(48, 32, 4, (2, 5, 48))], seeds=(70,), scalings=(2.0,))
+# An in × out matrix is a hundred times larger than x, x @ A or the result: however A @ B is
+# formed, its size shows. Both kinds of input, (tokens, in) and (batch, seq, in), are visible.
+FLOP_CASES = _cases([(512, 384, 2, (3, 512)), (384, 512, 2, (2, 2, 384))], seeds=(60, 65), scalings=(0.5, 1.5))
+FLOP_HIDDEN = _cases([(448, 320, 2, (2, 1, 448)), (320, 448, 3, (4, 320))], seeds=(70, 75), scalings=(2.0, 0.25))
 
 CHECKS = (
     Check("silent_failure_case", "silent_failure_case", 2,

@@ -22,11 +22,13 @@ def _probe_lora_flops(namespace, case):
     ))
 
 
-def reference_flops(num_tokens: int, in_features: int, out_features: int, rank: int, materialize: bool) -> int:
-    """FLOPs of the LoRA branch as FlopCounterMode counts them."""
-    if materialize:  # x @ (A @ B)
-        return matmul_flops(in_features, rank, out_features) + matmul_flops(num_tokens, in_features, out_features)
-    return matmul_flops(num_tokens, in_features, rank) + matmul_flops(num_tokens, rank, out_features)
+def expected_flops(case) -> int:
+    """FLOPs of the case's LoRA branch as FlopCounterMode counts them (read from the case, so
+    that nothing here can stand in for the student's lora_flops)."""
+    N, d, k, r = (case[key] for key in ("num_tokens", "in_features", "out_features", "rank"))
+    if case["materialize"]:  # x @ (A @ B)
+        return matmul_flops(d, r, k) + matmul_flops(N, d, k)
+    return matmul_flops(N, d, r) + matmul_flops(N, r, k)
 
 
 def _verdict_lora_flops(case, data):
@@ -37,13 +39,14 @@ def _verdict_lora_flops(case, data):
         seen = data.get("value", data.get("repr"))
         hint = " (use int(...) or integer arithmetic)" if data["kind"] == "float" else ""
         fail(f"{call} returned a {data['kind']} ({seen}) but should return an int{hint}")
-    expected = reference_flops(N, d, k, r, materialize)
+    expected = expected_flops(case)
     if data["value"] != expected:
         cause = {
             N * r * (d + k): "multiply-adds: FlopCounterMode counts 2 FLOPs for each",
             2 * N * r * (d + k): "the factored order; materialize=True forms A @ B first",
             2 * d * r * k + 2 * N * d * k: "the materialized order; materialize=False is x @ A, then @ B",
             2 * d * r * k: "only A @ B, without the product with x",
+            2 * N * d * k: "only x @ (A @ B): forming A @ B, an (in, rank) @ (rank, out) product, costs FLOPs too",
             d * r * k + N * d * k: "multiply-adds of the materialized order: count 2 FLOPs each",
         }.get(data["value"])
         why = f"that looks like {cause}" if cause else "count 2·m·n·p for each (m×n) @ (n×p) product"

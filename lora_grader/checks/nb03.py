@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from lora_grader.checks import layer
-from lora_grader.checks.core import Check, base_linear, fail, numbers, returned, tensor
+from lora_grader.checks.core import Check, fail, numbers, returned, tensor
 
 MANUAL_POINTS = {"why_lora_A_gets_zero_gradient": 2}
 
@@ -29,11 +29,11 @@ LAYER_HIDDEN = layer.layer_cases(
 # --- count_trainable_parameters ---------------------------------------------------------------
 
 class _FrozenBaseWithAdapter(nn.Module):
-    def __init__(self):
+    def __init__(self, d=16, k=9, r=2):
         super().__init__()
-        self.base = nn.Linear(16, 9).requires_grad_(False)
-        self.down = nn.Linear(16, 2, bias=False)
-        self.up = nn.Linear(2, 9, bias=False)
+        self.base = nn.Linear(d, k).requires_grad_(False)
+        self.down = nn.Linear(d, r, bias=False)
+        self.up = nn.Linear(r, k, bias=False)
 
 
 class _TiedEmbedding(nn.Module):
@@ -49,47 +49,64 @@ class _TiedEmbedding(nn.Module):
 
 
 class _FrozenGate(nn.Module):
-    def __init__(self):
+    def __init__(self, width=4, out=2):
         super().__init__()
-        self.gate = nn.Parameter(torch.ones(4), requires_grad=False)
-        self.proj = nn.Linear(4, 2)
+        self.gate = nn.Parameter(torch.ones(width), requires_grad=False)
+        self.proj = nn.Linear(width, out)
 
 
-def _partly_frozen_sequential():
-    model = nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3))
+def _partly_frozen_sequential(d=10, h=6, k=3):
+    model = nn.Sequential(nn.Linear(d, h), nn.ReLU(), nn.Linear(h, k))
     model[0].requires_grad_(False)
     return model
 
 
-def _bias_frozen_linear():
-    linear = nn.Linear(5, 3)
+def _bias_frozen_linear(d=5, k=3):
+    linear = nn.Linear(d, k)
     linear.bias.requires_grad_(False)
     return linear
 
 
-def _one_linear_twice():
-    linear = nn.Linear(6, 6)
+def _one_linear_twice(width=6):
+    linear = nn.Linear(width, width)
     return nn.Sequential(linear, nn.Tanh(), linear)
 
 
 # The case names the module in the words of the feedback; probe and verdict both build it from this.
+# The visible cases hold every kind of module the notebook speaks of (frozen parts, no parameters,
+# buffers, a frozen Parameter, shared weights); the hidden ones are the same kinds in other sizes.
 MODULES = {
     "nn.Linear(12, 7)": lambda: nn.Linear(12, 7),
+    "nn.Linear(20, 3)": lambda: nn.Linear(20, 3),
     "nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3)) with the first Linear frozen":
         _partly_frozen_sequential,
+    "nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4)) with the first Linear frozen":
+        lambda: _partly_frozen_sequential(7, 9, 4),
     "a module holding a frozen nn.Linear(16, 9) and trainable nn.Linear(16, 2, bias=False), "
     "nn.Linear(2, 9, bias=False)": _FrozenBaseWithAdapter,
+    "a module holding a frozen nn.Linear(12, 20) and trainable nn.Linear(12, 3, bias=False), "
+    "nn.Linear(3, 20, bias=False)": lambda: _FrozenBaseWithAdapter(12, 20, 3),
     "nn.Sequential(nn.ReLU(), nn.Dropout(0.1)), which has no parameters":
         lambda: nn.Sequential(nn.ReLU(), nn.Dropout(0.1)),
+    "nn.Sequential(nn.Tanh()), which has no parameters": lambda: nn.Sequential(nn.Tanh()),
     "nn.Sequential(nn.Linear(8, 5), nn.BatchNorm1d(5)); BatchNorm also holds buffers":
         lambda: nn.Sequential(nn.Linear(8, 5), nn.BatchNorm1d(5)),
+    "nn.Sequential(nn.Linear(6, 11), nn.BatchNorm1d(11)); BatchNorm also holds buffers":
+        lambda: nn.Sequential(nn.Linear(6, 11), nn.BatchNorm1d(11)),
     "nn.Linear(5, 3) with only its bias frozen": _bias_frozen_linear,
+    "nn.Linear(9, 8) with only its bias frozen": lambda: _bias_frozen_linear(9, 8),
     "a module with a frozen nn.Parameter of 4 numbers and an nn.Linear(4, 2)": _FrozenGate,
+    "a module with a frozen nn.Parameter of 6 numbers and an nn.Linear(6, 5)": lambda: _FrozenGate(6, 5),
     "a fully frozen nn.Linear(9, 4)": lambda: nn.Linear(9, 4).requires_grad_(False),
+    "a fully frozen nn.Linear(3, 13)": lambda: nn.Linear(3, 13).requires_grad_(False),
     "nn.Embedding(10, 4) and nn.Linear(4, 10) sharing one (10, 4) weight": lambda: _TiedEmbedding(10, 4),
+    "nn.Embedding(11, 6) and nn.Linear(6, 11) sharing one (11, 6) weight": lambda: _TiedEmbedding(11, 6),
     "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(6, 6) used twice": _one_linear_twice,
+    "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(5, 5) used twice": lambda: _one_linear_twice(5),
     "nn.Embedding(7, 3) and nn.Linear(3, 7) sharing one frozen (7, 3) weight":
         lambda: _TiedEmbedding(7, 3, freeze_shared=True),
+    "nn.Embedding(9, 5) and nn.Linear(5, 9) sharing one frozen (9, 5) weight":
+        lambda: _TiedEmbedding(9, 5, freeze_shared=True),
 }
 
 
@@ -156,18 +173,32 @@ COUNT_CASES = _count_cases(
     "a module holding a frozen nn.Linear(16, 9) and trainable nn.Linear(16, 2, bias=False), "
     "nn.Linear(2, 9, bias=False)",
     "nn.Sequential(nn.ReLU(), nn.Dropout(0.1)), which has no parameters",
-)
-COUNT_HIDDEN = _count_cases(
     "nn.Sequential(nn.Linear(8, 5), nn.BatchNorm1d(5)); BatchNorm also holds buffers",
     "nn.Linear(5, 3) with only its bias frozen",
     "a module with a frozen nn.Parameter of 4 numbers and an nn.Linear(4, 2)",
     "a fully frozen nn.Linear(9, 4)",
 )
+COUNT_HIDDEN = _count_cases(
+    "nn.Linear(20, 3)",
+    "nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4)) with the first Linear frozen",
+    "a module holding a frozen nn.Linear(12, 20) and trainable nn.Linear(12, 3, bias=False), "
+    "nn.Linear(3, 20, bias=False)",
+    "nn.Sequential(nn.Tanh()), which has no parameters",
+    "nn.Sequential(nn.Linear(6, 11), nn.BatchNorm1d(11)); BatchNorm also holds buffers",
+    "nn.Linear(9, 8) with only its bias frozen",
+    "a module with a frozen nn.Parameter of 6 numbers and an nn.Linear(6, 5)",
+    "a fully frozen nn.Linear(3, 13)",
+)
 SHARED_CASES = _count_cases(
     "nn.Embedding(10, 4) and nn.Linear(4, 10) sharing one (10, 4) weight",
     "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(6, 6) used twice",
+    "nn.Embedding(7, 3) and nn.Linear(3, 7) sharing one frozen (7, 3) weight",
 )
-SHARED_HIDDEN = _count_cases("nn.Embedding(7, 3) and nn.Linear(3, 7) sharing one frozen (7, 3) weight")
+SHARED_HIDDEN = _count_cases(
+    "nn.Embedding(11, 6) and nn.Linear(6, 11) sharing one (11, 6) weight",
+    "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(5, 5) used twice",
+    "nn.Embedding(9, 5) and nn.Linear(5, 9) sharing one frozen (9, 5) weight",
+)
 
 
 # --- gradient_prediction ----------------------------------------------------------------------
@@ -177,35 +208,22 @@ BASE_KEYS = ("base_layer.weight", "base_layer.bias")
 LORA_KEYS = ("lora_A.weight", "lora_B.weight")
 
 
-class ReferenceLoRALinear(nn.Module):
-    """Attempt #2 from the challenge: the grader's own layer, whose gradients are the truth."""
-
-    def __init__(self, base_layer, rank=4, alpha=1):
-        super().__init__()
-        self.base_layer = base_layer
-        self.scaling = alpha / rank
-        self.lora_A = nn.Linear(base_layer.in_features, rank, bias=False)
-        self.lora_B = nn.Linear(rank, base_layer.out_features, bias=False)
-        self.base_layer.requires_grad_(False)
-        nn.init.normal_(self.lora_A.weight)
-        nn.init.zeros_(self.lora_B.weight)
-
-    def forward(self, x):
-        return self.base_layer(x) + self.scaling * self.lora_B(self.lora_A(x))
+def _kind(grad: torch.Tensor | None) -> str:
+    return "none" if grad is None else "zero" if grad.count_nonzero().item() == 0 else "nonzero"
 
 
-def gradients_after_one_backward(case) -> dict[str, str]:
-    """'none', 'zero' or 'nonzero' for each parameter of a fresh reference layer after one backward."""
-    d, k, seed = case["in_features"], case["out_features"], case["seed"]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        reference = ReferenceLoRALinear(base_linear(d, k, seed), case["rank"], case["alpha"])
-    out = reference(tensor(case["x_shape"], seed + 4))
-    (out * tensor(out.shape, seed + 7)).sum().backward()
-    return {
-        name: "none" if p.grad is None else "zero" if p.grad.count_nonzero().item() == 0 else "nonzero"
-        for name, p in reference.named_parameters()
-    }
+def true_gradient_kinds(case) -> dict[str, str]:
+    """'none', 'zero' or 'nonzero' for each parameter of a fresh layer after one backward pass,
+    from the chain rule in float64: out = base(x) + s · (x Aᵀ) Bᵀ with a random A (r, in), B = 0,
+    and an upstream gradient g. The frozen base gets no .grad at all."""
+    d, k, r, seed = case["in_features"], case["out_features"], case["rank"], case["seed"]
+    x = tensor(case["x_shape"], seed + 4).double().reshape(-1, d)
+    g = tensor((*case["x_shape"][:-1], k), seed + 7).double().reshape(-1, k)
+    A, B = tensor((r, d), seed + 5).double(), torch.zeros(k, r, dtype=torch.float64)
+    s = case["alpha"] / r
+    grad_B = s * g.T @ (x @ A.T)  # (out, r)
+    grad_A = s * (g @ B).T @ x  # (r, in): every path to A passes through B
+    return {**{key: _kind(None) for key in BASE_KEYS}, "lora_A.weight": _kind(grad_A), "lora_B.weight": _kind(grad_B)}
 
 
 def _answer(key, value) -> dict:
@@ -257,32 +275,25 @@ def _read_prediction(data) -> dict[str, str]:
     return prediction
 
 
-WHY = {
-    ("none", "zero"): "a frozen parameter (requires_grad=False) is left out of the backward graph, so "
-                      "autograd never creates its .grad: it stays None, not a tensor of zeros",
-    ("none", "nonzero"): "the base layer is frozen with requires_grad_(False), and autograd computes no "
-                         "gradient for parameters that do not require grad: .grad stays None",
-    ("zero", "none"): "lora_A requires grad, so backward does fill its .grad: with a tensor whose every "
-                      "entry is 0.0. Every path from lora_A to the output passes through lora_B: what is "
-                      "lora_B at initialisation?",
-    ("zero", "nonzero"): "every path from lora_A to the output passes through lora_B, and lora_B starts "
-                         "at zero: what does that make the gradient reaching lora_A?",
-    ("nonzero", "none"): "lora_B requires grad, so backward fills its .grad, and with non-zero numbers",
-    ("nonzero", "zero"): "the gradient of lora_B needs only its input lora_A(x), which is not zero since A is "
-                         "random, and the gradient arriving at the output; lora_B's own value (zero) does "
-                         "not enter it",
+# Where to look, the same whatever was predicted: the feedback must not hand over the answer.
+LOOK_AT = {
+    "base_layer.weight": "the base layer is frozen: what does autograd do for a parameter that does "
+                         "not require grad, and what is its .grad before any backward pass?",
+    "base_layer.bias": "the bias is frozen with the rest of the base layer: what does autograd do for a "
+                       "parameter that does not require grad?",
+    "lora_A.weight": "follow the chain rule from the output back to lora_A: which module does every path "
+                     "pass through, and what is its weight at initialisation?",
+    "lora_B.weight": "lora_B's gradient is built from its input, lora_A(x), and the gradient arriving at "
+                     "the output: is either of them zero at initialisation?",
 }
 
 
 def verdict_gradient_prediction(keys):
     def verdict(case, data):
         prediction = _read_prediction(data)
-        truth = gradients_after_one_backward(case)
-        wrong = [
-            f"{key}: you predicted {prediction[key]!r}, but after one backward pass it is {truth[key]!r}: "
-            + WHY.get((truth[key], prediction[key]), "compare with the gradients the demo below prints")
-            for key in keys if prediction[key] != truth[key]
-        ]
+        truth = true_gradient_kinds(case)
+        wrong = [f"{key}: {prediction[key]!r} is not what one backward pass leaves. Hint: {LOOK_AT[key]}"
+                 for key in keys if prediction[key] != truth[key]]
         if wrong:
             fail("\n  ".join(["a fresh layer (lora_B = 0, base frozen) after one backward pass:"] + wrong))
     return verdict

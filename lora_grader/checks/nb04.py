@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from lora_grader.checks.core import (
     Check, ProbeError, base_linear, fail, fit_scale, is_close, max_error, numbers, returned,
-    safe_str, shape_str, tensor,
+    safe_str, shape_str, storage_of, tensor, true_grad_fn, true_parameters, true_requires_grad,
 )
 from lora_grader.checks.layer import layer_cases, scaling_hint
 
@@ -106,18 +106,28 @@ def _forward(layer, x) -> dict:
         return {"out_error": f"forward raised {_error_text(error)}"}
 
 
+def _true_attribute(module, name: str):
+    """module.<name> as nn.Module stores it, whatever the student's class says about it."""
+    own = object.__getattribute__(module, "__dict__")
+    for table in ("_parameters", "_buffers", "_modules"):
+        if name in (own.get(table) or {}):
+            return dict.__getitem__(own[table], name)
+    return own[name] if name in own else getattr(module, name)
+
+
 def _state(layer, x, original_weight) -> dict:
     """What merging or unmerging left behind: the base weight (and whether it is still the
     original frozen leaf Parameter), the bias, the flag and the output."""
-    weight = layer.base_layer.weight
+    base = _true_attribute(layer, "base_layer")
+    weight = _true_attribute(base, "weight")
     if not isinstance(weight, torch.Tensor):
         raise ProbeError(f"base_layer.weight is no longer a tensor but a {type(weight).__name__}")
     return {
         "weight": _copy(weight),
-        "bias": _copy(layer.base_layer.bias),
+        "bias": _copy(_true_attribute(base, "bias")),
         "same_object": weight is original_weight,
-        "requires_grad": weight.requires_grad,
-        "grad_fn": None if weight.grad_fn is None else type(weight.grad_fn).__name__,
+        "requires_grad": true_requires_grad(weight),
+        "grad_fn": true_grad_fn(weight),
         "flag": _flag(layer),
         **_forward(layer, x),
     }
@@ -170,20 +180,21 @@ def _snapshot(layer, x) -> dict:
     }
 
 
-def _exported(exported, x, case) -> dict:
+def _exported(exported, x, case, layer) -> dict:
     if not isinstance(exported, nn.Linear):
         return {"is_linear": False, "kind": type(exported).__name__}
     d, k, _ = _sizes(case)
-    weight, bias = exported.weight, exported.bias
+    weight, bias = _true_attribute(exported, "weight"), _true_attribute(exported, "bias")
     shapes_fit = tuple(weight.shape) == (k, d) and (bias is None or tuple(bias.shape) == (k,))
+    layer_storage = {storage_of(p) for _, p in true_parameters(layer)}
     return {
         "is_linear": True,
         "weight": _copy(weight), "bias": _copy(bias),
         "parameters": [
-            {"name": name, "requires_grad": p.requires_grad,
-             "grad_fn": None if p.grad_fn is None else type(p.grad_fn).__name__}
-            for name, p in exported.named_parameters()
+            {"name": name, "requires_grad": true_requires_grad(p), "grad_fn": true_grad_fn(p)}
+            for name, p in true_parameters(exported)
         ],
+        "shares_storage": [name for name, p in true_parameters(exported) if storage_of(p) in layer_storage],
         "out": _output(exported, x) if shapes_fit else None,
     }
 
@@ -212,7 +223,7 @@ def _probe_export(namespace, case):
                                  f"raised {_error_text(error)}: fix merge_lora first") from None
         before = _snapshot(layer, x)
         exported = namespace["export_merged"](layer)
-        entry = {"before": before, "after": _snapshot(layer, x), "export": _exported(exported, x, case)}
+        entry = {"before": before, "after": _snapshot(layer, x), "export": _exported(exported, x, case, layer)}
         if entry["export"].get("out") is not None:
             with torch.no_grad():  # a later unmerge or more training, in the bluntest form
                 for parameter in layer.parameters():
@@ -230,7 +241,8 @@ def _explain_error(case, outcome) -> str | None:
     if "Cannot assign non-leaf Tensor" in message:
         return ("autograd recorded the in-place add (the update comes from lora_A and lora_B, which "
                 "require grad), so the weight stopped being a leaf and nn.Module refused to store it back, "
-                "after it had already been changed. Do the update under torch.no_grad() (or on .data).")
+                "after it had already been changed. Do the update in place under torch.no_grad(), e.g. "
+                "`with torch.no_grad(): weight.add_(update)`.")
     if "leaf Variable that requires grad" in message:
         return ("an in-place change to a Parameter that requires grad, with autograd on: do it under "
                 "torch.no_grad() (and is the base layer frozen?)")
@@ -379,7 +391,8 @@ def verdict_merged_weight_frozen_leaf(case, data):
         fail(f"after merge_lora(), base_layer.weight has grad_fn={merged['grad_fn']}: autograd recorded the "
              "merge, so the frozen weight is no longer a leaf, now requires grad, and is wired to lora_A and "
              "lora_B (a backward pass would send gradients through the merge into them, and a second one "
-             "fails). Do the update under torch.no_grad() (or on .data).", case)
+             "fails). Do the update in place under torch.no_grad(), e.g. "
+             "`with torch.no_grad(): self.base_layer.weight.add_(update)`.", case)
     if merged["requires_grad"]:
         fail("after merge_lora(), base_layer.weight requires grad, so the frozen base would train again"
              + ("; a new nn.Parameter(...) requires grad unless told otherwise" if not merged["same_object"] else ""),
@@ -497,7 +510,12 @@ def verdict_export_output(case, data):
                  "weight and the base bias", case)
         _require_shape(export["weight"], expected_weight.shape, f"the weight of {what}", case)
         if not is_close(export["weight"], expected_weight):
-            if state == "merged" and is_close(export["weight"], W + 2 * delta):
+            if export.get("shares_storage"):
+                cause = (f"the export's {', '.join(export['shares_storage'])} share their storage with the "
+                         "layer's own Parameters, so what happened to the layer after the export was built "
+                         "(an unmerge_lora(), say) happened to the export too. Give the export its own "
+                         "copies (.clone(), or copy.deepcopy)")
+            elif state == "merged" and is_close(export["weight"], W + 2 * delta):
                 cause = ("it added the update a second time: when layer.merged is True, "
                          "layer.base_layer.weight already holds W + scaling · B @ A")
             elif state == "merged" and not is_close(data[state]["before"]["weight"], expected_weight):
@@ -539,6 +557,8 @@ def _changed(before, after) -> bool:
 def verdict_export_leaves_layer(case, data):
     for state in ("unmerged", "merged"):
         what, entry = _layer_state(state), data[state]
+        if not entry["export"]["is_linear"]:
+            fail(f"{what} returned a {entry['export']['kind']}, not an nn.Linear: fix export_merged_output first", case)
         before, after = entry["before"], entry["after"]
         if _flag_seen(before["flag"]) != _flag_seen(after["flag"]):
             fail(f"{what} left the layer's `merged` flag at {_flag_seen(after['flag'])}, but it was "

@@ -25,14 +25,15 @@ class Entry:
     caught_by: str | None = None  # the first check that fails; None for a correct variant
     says: str = ""  # words (case-insensitive) the feedback of `caught_by` must contain
     extra_cells: tuple = ()  # scratch code cells the student added at the end
+    fails_only: tuple = ()  # if given, exactly these checks fail: one mistake is reported once
 
     @property
     def is_bug(self) -> bool:
         return self.caught_by is not None
 
 
-def bug(name, notebook, cells, caught_by, says, extra_cells=()) -> Entry:
-    return Entry(name, notebook, cells, caught_by, says, tuple(extra_cells))
+def bug(name, notebook, cells, caught_by, says, extra_cells=(), fails_only=()) -> Entry:
+    return Entry(name, notebook, cells, caught_by, says, tuple(extra_cells), tuple(fails_only))
 
 
 def variant(name, notebook, cells, extra_cells=()) -> Entry:

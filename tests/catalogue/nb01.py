@@ -33,6 +33,8 @@ ENTRIES = [
     bug("01-torch-mm-only-takes-matrices", "01",
         update("return torch.mm(torch.mm(x, lora_A), lora_B) * scaling"),
         "lora_update_shape", "torch.mm only takes 2-D"),
+    bug("01-calls-the-tensors", "01", update("return lora_B(lora_A(x)) * scaling"),
+        "lora_update_shape", "tensors, not layers"),
     bug("01-returns-numpy", "01", update("return ((x @ lora_A) @ lora_B * scaling).numpy()"),
         "lora_update_shape", "should be a tensor"),
     bug("01-no-scaling", "01", update("return (x @ lora_A) @ lora_B"),
@@ -44,6 +46,41 @@ ENTRIES = [
     bug("01-materialized-einsum", "01",
         update('return torch.einsum("...i,io->...o", x, lora_A @ lora_B) * scaling'),
         "lora_update_never_forms_AB", "did you form A @ B"),
+    # A @ B formed where FlopCounterMode counts nothing: the size of what was allocated shows it.
+    bug("01-materialized-broadcast-and-sum", "01",
+        update("AB = (lora_A[:, :, None] * lora_B[None]).sum(1)\n"
+               "    return (x[..., :, None] * AB).sum(-2) * scaling"),
+        "lora_update_never_forms_AB", "did you form A @ B"),
+    bug("01-materialized-einsum-then-sum", "01",
+        update('AB = torch.einsum("ir,ro->io", lora_A, lora_B)\n'
+               "    return (x.unsqueeze(-1) * AB).sum(-2) * scaling"),
+        "lora_update_never_forms_AB", "did you form A @ B"),
+    bug("01-materialized-sum-of-outers", "01",
+        update("AB = sum(torch.outer(lora_A[:, i], lora_B[i]) for i in range(lora_A.shape[1]))\n"
+               "    return torch.stack([row @ AB for row in x.reshape(-1, x.shape[-1])]).reshape("
+               "*x.shape[:-1], -1) * scaling"),
+        "lora_update_never_forms_AB", "did you form A @ B"),
+    bug("01-materialized-addr-loop", "01",
+        update("AB = torch.zeros(lora_A.shape[0], lora_B.shape[1])\n"
+               "    for i in range(lora_A.shape[1]):\n"
+               "        AB.addr_(lora_A[:, i], lora_B[i])\n"
+               "    return (x.unsqueeze(-1) * AB).sum(-2) * scaling"),
+        "lora_update_never_forms_AB", "did you form A @ B"),
+    bug("01-materialized-mm-on-flattened-x", "01",
+        update("flat = x.reshape(-1, x.shape[-1])\n"
+               "    return torch.mm(flat, torch.mm(lora_A, lora_B)).reshape(*x.shape[:-1], -1) * scaling"),
+        "lora_update_never_forms_AB", "did you form A @ B"),
+    # torch.mm where x is a matrix, A @ B otherwise: the visible cases have both kinds of x.
+    bug("01-materialized-only-for-batched-x", "01",
+        update("if x.dim() == 2:\n        return torch.mm(torch.mm(x, lora_A), lora_B) * scaling\n"
+               "    return x @ (lora_A @ lora_B) * scaling"),
+        "lora_update_never_forms_AB", "did you form A @ B"),
+    variant("01-broadcast-and-sum-factored", "01",
+            update("h = (x.unsqueeze(-1) * lora_A).sum(-2)\n"
+                   "    return (h.unsqueeze(-1) * lora_B).sum(-2) * scaling")),
+    variant("01-mm-on-flattened-x", "01",
+            update("flat = x.reshape(-1, x.shape[-1])\n"
+                   "    return torch.mm(torch.mm(flat, lora_A), lora_B).reshape(*x.shape[:-1], -1) * scaling")),
     variant("01-einsum-update", "01",
             update('return torch.einsum("...i,ir,ro->...o", x, lora_A, lora_B) * scaling')),
     variant("01-scaling-first", "01", update("return ((scaling * x) @ lora_A) @ lora_B")),

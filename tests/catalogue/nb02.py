@@ -96,7 +96,29 @@ ENTRIES = [
     ), "lora_linear_trainable", "received no gradient"),
     bug("02-materialized-forward", "02", lora_linear(
         forward="self.base_layer(x) + x @ (self.lora_A @ self.lora_B) * self.scaling",
-    ), "lora_linear_flops", "matrix formed"),
+    ), "lora_linear_flops", "is A @ B formed"),
+    bug("02-forward-forms-AB-with-outer-products", "02", lora_linear(
+        forward="self.base_layer(x) + self.scaling * (x.unsqueeze(-1) * sum("
+                "torch.outer(self.lora_A[:, i], self.lora_B[i]) for i in range(self.rank))).sum(-2)",
+    ), "lora_linear_flops", "is A @ B formed"),
+    # Stored the other way round, (r, in) and (out, r), and used consistently: one mistake, one check.
+    bug("02-adapters-stored-transposed", "02", lora_linear(
+        lora_A="nn.Parameter(torch.randn(rank, in_features))",
+        lora_B="nn.Parameter(torch.zeros(out_features, rank))",
+        forward="self.base_layer(x) + (x @ self.lora_A.T) @ self.lora_B.T * self.scaling",
+    ), "lora_linear_parameters", "transposed convention", fails_only=("lora_linear_parameters",)),
+    bug("02-calls-the-parameters", "02", lora_linear(
+        forward="self.base_layer(x) + self.lora_B(self.lora_A(x)) * self.scaling",
+    ), "lora_linear_output_shape", "tensors rather than layers"),
+    bug("02-frozen-by-a-parameter-that-lies", "02", lora_linear(
+        prelude="class FrozenLooking(nn.Parameter):\n    requires_grad = property(lambda self: False)\n\n",
+        freeze="self.base_layer.weight = FrozenLooking(self.base_layer.weight.data)\n"
+               "        self.base_layer.bias = FrozenLooking(self.base_layer.bias.data)",
+    ), "lora_linear_base_frozen", "still requires grad"),
+    bug("02-flops-materialized-forgets-A-times-B", "02",
+        flops("if materialize:\n        return 2 * num_tokens * in_features * out_features\n"
+              "    return 2 * num_tokens * rank * (in_features + out_features)"),
+        "lora_flops_materialized", "forming A @ B"),
     bug("02-flops-multiply-adds", "02",
         flops("if materialize:\n        return in_features * rank * out_features + num_tokens * in_features * out_features\n"
               "    return num_tokens * rank * (in_features + out_features)"),

@@ -32,9 +32,9 @@ ATTEMPT_2 = {
 }
 
 
-def lora_linear(**changes):
-    """Attempt #2 from the challenge, with the named lines changed."""
-    return {"lora_linear_answer": LORA_LINEAR.format(**{**ATTEMPT_2, **changes})}
+def lora_linear(methods="", **changes):
+    """Attempt #2 from the challenge, with the named lines changed and `methods` added."""
+    return {"lora_linear_answer": LORA_LINEAR.format(**{**ATTEMPT_2, **changes}) + methods}
 
 
 def count(body):
@@ -66,6 +66,12 @@ ENTRIES = [
         "lora_linear_init", "lora_B should start at exactly zero"),
     bug("03-B-left-at-default-init", "03", lora_linear(init_B=""),
         "lora_linear_init", "lora_B should start at exactly zero"),
+    bug("03-inits-swapped", "03", lora_linear(
+        init_A="nn.init.zeros_(self.lora_A.weight)", init_B="nn.init.normal_(self.lora_B.weight)",
+    ), "lora_linear_init", "lora_A starts at zero and lora_B is random"),
+    bug("03-adapters-applied-in-wrong-order", "03", lora_linear(
+        forward="return self.base_layer(x) + self.scaling * self.lora_A(self.lora_B(x))",
+    ), "lora_linear_output_shape", "are they applied in that order"),
     bug("03-A-zero", "03", lora_linear(init_A="nn.init.zeros_(self.lora_A.weight)"),
         "lora_linear_init", "lora_A is all zeros"),
     bug("03-A-ones", "03", lora_linear(init_A="nn.init.ones_(self.lora_A.weight)"),
@@ -82,6 +88,27 @@ ENTRIES = [
         "lora_linear_base_frozen", "only sets an attribute"),
     bug("03-freeze-weight-only", "03", lora_linear(freeze="self.base_layer.weight.requires_grad_(False)"),
         "lora_linear_base_frozen", "freezing the weight alone leaves the bias training"),
+    # Lies about freezing: the grader reads nn.Module's own tables and torch's own flags.
+    bug("03-hides-the-base-from-named-parameters", "03", lora_linear(freeze="", methods='''
+    def named_parameters(self, prefix="", recurse=True, remove_duplicate=True):
+        for name, p in super().named_parameters(prefix, recurse, remove_duplicate):
+            if not name.startswith("base_layer"):
+                yield name, p
+
+    def parameters(self, recurse=True):
+        for _, p in self.named_parameters():
+            yield p
+'''), "lora_linear_base_frozen", "base_layer.weight still requires grad"),
+    bug("03-getattribute-hides-the-base", "03", lora_linear(freeze="", methods='''
+    def __getattribute__(self, name):
+        value = super().__getattribute__(name)
+        if name == "_modules":  # what named_parameters() walks; forward finds base_layer anyway
+            return {key: module for key, module in value.items() if key != "base_layer"}
+        return value
+'''), "lora_linear_base_frozen", "base_layer.weight still requires grad"),
+    bug("03-base-kept-out-of-the-module", "03", lora_linear(
+        freeze="object.__setattr__(self, 'base_layer', self._modules.pop('base_layer'))  # unregistered, unfrozen",
+    ), "lora_linear_base_frozen", "received a gradient in backward"),
     bug("03-freeze-whole-module", "03", lora_linear(freeze="self.requires_grad_(False)"),
         "lora_linear_trainable", "lora_A does not require grad"),
     bug("03-lora-branch-detached", "03", lora_linear(
@@ -93,7 +120,15 @@ ENTRIES = [
         "lora_linear_trainable", "computed under torch.no_grad()"),
     bug("03-merged-weight-forward", "03", lora_linear(
         forward="return self.base_layer(x) + self.scaling * x @ (self.lora_B.weight @ self.lora_A.weight).T",
-    ), "lora_linear_flops", "matrix formed"),
+    ), "lora_linear_flops", "is A @ B formed"),
+    bug("03-forward-forms-AB-by-broadcasting", "03", lora_linear(forward=(
+        "delta = (self.lora_B.weight[:, :, None] * self.lora_A.weight[None]).sum(1)\n"
+        "        return self.base_layer(x) + self.scaling * (x.unsqueeze(-2) * delta).sum(-1)"
+    )), "lora_linear_flops", "is A @ B formed"),
+    bug("03-forward-forms-AB-with-einsum", "03", lora_linear(forward=(
+        'delta = torch.einsum("or,ri->oi", self.lora_B.weight, self.lora_A.weight)\n'
+        '        return self.base_layer(x) + self.scaling * torch.einsum("...i,oi->...o", x, delta)'
+    )), "lora_linear_flops", "is A @ B formed"),
     variant("03-seed-attempt-2-verbatim", "03", lora_linear()),
     variant("03-kaiming-uniform-A", "03", lora_linear(
         init_A="nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))",
@@ -162,12 +197,22 @@ class LoRALinear(nn.Module):
     bug("03-count-returns-tensor", "03", count(
         "    return torch.tensor([p.numel() for p in module.parameters() if p.requires_grad]).sum()"),
         "count_trainable_parameters", "should return a Python int"),
+    bug("03-count-buffers-too", "03", count(
+        "    return sum(p.numel() for p in module.parameters() if p.requires_grad) + "
+        "sum(b.numel() for b in module.buffers())"),
+        "count_trainable_parameters", "buffers"),
     bug("03-count-shared-twice", "03", count("""    total = 0
     for submodule in module.modules():
         for p in submodule.parameters(recurse=False):
             if p.requires_grad:
                 total += p.numel()
     return total"""), "count_trainable_shared", "counted twice"),
+    # Right on every module but one whose shared weight is frozen: only that visible case shows it.
+    bug("03-count-subtracts-frozen-duplicates", "03", count("""    every = [p for _, p in module.named_parameters(remove_duplicate=False)]
+    total = sum(p.numel() for p in every if p.requires_grad)
+    ids = [id(p) for p in every]
+    return total - sum(p.numel() * (ids.count(id(p)) - 1) for p in {id(p): p for p in every}.values())"""),
+        "count_trainable_shared", "count each parameter tensor once"),
     variant("03-count-dedup-named-parameters", "03", count("""    seen, total = set(), 0
     for _, p in module.named_parameters(remove_duplicate=False):
         if p.requires_grad and id(p) not in seen:
@@ -179,15 +224,15 @@ class LoRALinear(nn.Module):
 
     # --- gradient_prediction -----------------------------------------------------------------
     bug("03-predict-frozen-gets-zero", "03", prediction(**{"base_layer.weight": "zero", "base_layer.bias": "zero"}),
-        "gradient_prediction_base", "not a tensor of zeros"),
+        "gradient_prediction_base", "a parameter that does not require grad"),
     bug("03-predict-bias-trains", "03", prediction(**{"base_layer.bias": "nonzero"}),
-        "gradient_prediction_base", "requires_grad_(False)"),
+        "gradient_prediction_base", "frozen with the rest of the base layer"),
     bug("03-predict-A-nonzero", "03", prediction(**{"lora_A.weight": "nonzero"}),
-        "gradient_prediction_lora", "passes through lora_B"),
+        "gradient_prediction_lora", "which module does every path pass through"),
     bug("03-predict-A-none", "03", prediction(**{"lora_A.weight": "none"}),
-        "gradient_prediction_lora", "lora_A requires grad"),
+        "gradient_prediction_lora", "follow the chain rule from the output back to lora_A"),
     bug("03-predict-B-zero", "03", prediction(**{"lora_A.weight": "nonzero", "lora_B.weight": "zero"}),
-        "gradient_prediction_lora", "lora_B's own value (zero) does not enter it"),
+        "gradient_prediction_lora", "lora_B's gradient is built from its input"),
     bug("03-prediction-module-names", "03", {"gradient_prediction_answer": """
 def gradient_prediction():
     return {"base_layer.weight": "none", "base_layer.bias": "none", "lora_A": "zero", "lora_B": "nonzero"}

@@ -81,7 +81,7 @@ ENTRIES = [
                 return
             self.base_layer.weight += self.lora_B.weight @ self.lora_A.weight * self.scaling
             self.merged = True
-    '''), "merge_lora_weight", "torch.no_grad()"),
+    '''), "merge_lora_weight", "in place under torch.no_grad(), e.g."),
     bug("04-merge-without-scaling", "04", mergeable(merge='''
         def merge_lora(self):
             if self.merged:
@@ -143,7 +143,7 @@ ENTRIES = [
                 return
             self.base_layer.weight.add_(self.scaling * self.lora_B.weight @ self.lora_A.weight)
             self.merged = True
-    '''), "merged_weight_frozen_leaf", "grad_fn"),
+    '''), "merged_weight_frozen_leaf", "do the update in place under torch.no_grad()"),
     bug("04-merge-new-parameter", "04", mergeable(merge='''
         def merge_lora(self):
             if self.merged:
@@ -258,6 +258,34 @@ ENTRIES = [
             merged.bias = nn.Parameter(base.bias, requires_grad=False)  # wraps the same storage
             return merged
     '''), "export_merged_leaves_layer", "shares its numbers"),
+    bug("04-export-shares-then-unmerges", "04", export('''
+        def export_merged(layer):
+            was_merged = layer.merged
+            if not was_merged:
+                layer.merge_lora()
+            base = layer.base_layer
+            merged = nn.Linear(base.in_features, base.out_features)
+            merged.weight, merged.bias = base.weight, base.bias  # the layer's own Parameters
+            if not was_merged:
+                layer.unmerge_lora()
+            return merged.requires_grad_(False)
+    '''), "export_merged_output", "share their storage with the layer"),
+    bug("04-export-reports-itself-frozen", "04", export('''
+        class FrozenLooking(nn.Linear):
+            def named_parameters(self, *args, **kwargs):
+                for name, p in super().named_parameters(*args, **kwargs):
+                    yield name, p.detach()
+
+        def export_merged(layer):
+            base = layer.base_layer
+            merged = FrozenLooking(base.in_features, base.out_features)
+            with torch.no_grad():
+                merged.weight.copy_(base.weight)
+                if not layer.merged:
+                    merged.weight.add_(layer.scaling * (layer.lora_B.weight @ layer.lora_A.weight))
+                merged.bias.copy_(base.bias)
+            return merged
+    '''), "export_merged_frozen", "requires grad"),
 
     # --- correct answers written differently ---
     variant("04-data-merge", "04", mergeable(merge='''
