@@ -114,8 +114,12 @@ def test_no_object_in_the_grader_answers_a_task_in_the_kernel(key, tmp_path):
         if passed is None:  # the kernel died: grade each check in a kernel of its own, so no crash hides one
             passed = {name: (forked(_grade_in_kernel, path, key, [name]) or {}).get(name) for name in names}
         earned += _earned(key, passed, imports)
-    assert SUBMISSIONS[key], f"no object in the grader could even be called as a task of notebook {key}"
     assert not earned, "objects of the grader earn points as answers:\n" + "\n".join(earned)
+
+
+def test_the_search_for_answers_finds_callable_objects():
+    """Not vacuous: some of the grader's objects can be called as some task (none answers it)."""
+    assert any(SUBMISSIONS.values()), "no object in the grader could even be called as a task"
 
 
 @pytest.mark.slow

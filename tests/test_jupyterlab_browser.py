@@ -5,6 +5,7 @@ are, so a red CI shows what the student saw.
 """
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -24,7 +25,7 @@ except ImportError as error:  # a dependency of the project's tests, not of the 
     raise ImportError('the browser test needs Playwright: pip install -e ".[test]"') from error
 
 from catalogue import complete_submission
-from lora_grader.checks import NOTEBOOKS
+from lora_grader.checks import NOTEBOOKS, checks_of
 
 ROOT = Path(__file__).resolve().parents[1]
 BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -258,3 +259,66 @@ def test_formgrader_lists_the_assignment(lab, page, steps):
     formgrader = page.frame_locator("iframe")
     expect(formgrader.get_by_role("link", name="lora", exact=True)).to_be_visible(timeout=60_000)
     steps.shot("formgrader")
+
+
+def _nbgrader(lab: Lab, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "nbgrader", *args], cwd=lab.root, capture_output=True, text=True,
+                          env=dict(os.environ, PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])))
+    assert done.returncode == 0, f"nbgrader {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+
+
+def _wait_for_manual_grade(lab: Lab, key: str, student: str, cell: str, score: float, comment: str,
+                           seconds: float = 30) -> None:
+    """Until the gradebook holds what was typed into the Formgrader (it saves in the background)."""
+    from nbgrader.api import Gradebook
+
+    deadline, seen = time.monotonic() + seconds, None
+    while time.monotonic() < deadline:
+        with Gradebook(f"sqlite:///{lab.root / 'gradebook.db'}") as gradebook:
+            notebook = gradebook.find_submission_notebook(Path(NOTEBOOKS[key].filename).stem, "lora", student)
+            grade = next(grade for grade in notebook.grades if grade.name == cell)
+            found = next((c for c in notebook.comments if c.name == cell), None)
+            seen = (grade.manual_score, found.manual_comment if found else None)
+        if seen[0] == score and comment in (seen[1] or ""):
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the gradebook did not get the manual grade: (score, comment) = {seen}")
+
+
+def test_a_written_answer_graded_by_hand_reaches_feedback_and_grades(lab, page, steps):
+    from nbgrader.api import Gradebook
+
+    key, student, written = "01", "ada", "why_zero_init_hides_the_bug"
+    folder = lab.root / "submitted" / student / "lora"
+    folder.mkdir(parents=True)
+    (folder / NOTEBOOKS[key].filename).write_text(json.dumps(complete_submission(key)))
+    _nbgrader(lab, "generate_assignment", "lora", "--force")
+    _nbgrader(lab, "autograde", "lora", "--student", student)
+    with Gradebook(f"sqlite:///{lab.root / 'gradebook.db'}") as gradebook:
+        submission = gradebook.find_submission_notebook(Path(NOTEBOOKS[key].filename).stem, "lora", student).id
+
+    page.goto(lab.url(f"formgrader/submissions/{submission}/"))
+    score, comment = page.locator(f"input.score[id='{written}']"), page.locator(f"textarea[id='{written}-comment']")
+    expect(score).to_be_visible(timeout=60_000)
+    score.click()
+    page.keyboard.type("2")
+    score.press("Tab")  # the Formgrader saves a score, and a comment, when it changes
+    comment.click()
+    page.keyboard.type("Right: with B = 0 the update vanishes, whatever A @ B would broadcast to.")
+    comment.press("Tab")
+    steps.shot("graded-by-hand")
+    _wait_for_manual_grade(lab, key, student, written, 2.0, "with B = 0 the update vanishes")
+    page.reload()
+    expect(score).to_have_value("2", timeout=60_000)
+    expect(comment).to_have_value(re.compile("with B = 0 the update vanishes"))
+    steps.shot("kept-after-reload")
+
+    _nbgrader(lab, "generate_feedback", "lora", "--student", student)
+    feedback = (lab.root / "feedback" / student / "lora" / NOTEBOOKS[key].filename.replace(".ipynb", ".html")).read_text()
+    assert "with B = 0 the update vanishes" in feedback, "the comment should reach the student's feedback"
+    assert "Score: 2.0 / 2.0" in feedback, "the written answer's score should reach the feedback"
+    _nbgrader(lab, "export")
+    with open(lab.root / "grades.csv") as file:
+        row = next(row for row in csv.DictReader(file) if row["student_id"] == student)
+    code_points = sum(check.points for check in checks_of(key))
+    assert float(row["raw_score"]) == code_points + 2, row
