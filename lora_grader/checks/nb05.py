@@ -640,14 +640,17 @@ def _case(model, widths, targets, trainable, rank, alpha, x_shape, seed):
 
 
 # Non-square layers, alpha != rank; a flat Sequential and a nested one with dotted names.
+# Visible: two targets and a trainable head, one dotted target, and nothing trainable besides the
+# adapters. Hidden: the same, with other sizes, ranks, targets and seeds.
 MODEL_CASES = (
     _case("mlp", (12, 20, 16, 5), ("0", "2"), ("4",), 2, 6, (5, 12), 500),
-    _case("nested", (9, 14, 11, 4), ("body.fc1", "body.fc2"), ("head",), 3, 4, (2, 3, 9), 510),
+    _case("nested", (9, 14, 11, 4), ("body.fc2",), ("head",), 3, 4, (2, 3, 9), 510),
+    _case("mlp", (8, 15, 6), ("0", "2"), (), 3, 9, (3, 8), 540),
 )
 MODEL_HIDDEN = (
     _case("mlp", (10, 18, 7, 13, 3), ("2", "4"), ("6",), 4, 2, (6, 10), 520),
-    _case("nested", (16, 8, 12, 6), ("body.fc2",), ("head",), 2, 5, (4, 16), 530),
-    _case("mlp", (8, 15, 6), ("0", "2"), (), 3, 9, (3, 8), 540),
+    _case("nested", (16, 8, 12, 6), ("body.fc1", "body.fc2"), ("head",), 2, 5, (4, 16), 530),
+    _case("mlp", (7, 11, 9), ("0",), (), 5, 3, (2, 7), 550),
 )
 COUNT_CASES = MODEL_CASES + ({"model": TIED},)
 COUNT_HIDDEN = MODEL_HIDDEN
