@@ -23,6 +23,7 @@ NOTEBOOKS = {
         Notebook("02", "02_factored_fix.ipynb", "The fix: B(Ax)"),
         Notebook("03", "03_linear_adapters.ipynb", "nn.Linear adapters, init and gradients"),
         Notebook("04", "04_merging.ipynb", "Merging the adapter"),
+        Notebook("05", "05_lora_end_to_end.ipynb", "LoRA on a real model, end to end"),
     )
 }
 
