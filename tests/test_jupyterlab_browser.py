@@ -297,6 +297,8 @@ def test_a_written_answer_graded_by_hand_reaches_feedback_and_grades(lab, page, 
     with Gradebook(f"sqlite:///{lab.root / 'gradebook.db'}") as gradebook:
         submission = gradebook.find_submission_notebook(Path(NOTEBOOKS[key].filename).stem, "lora", student).id
 
+    # The Formgrader's own page calls its API without the URL's token: send it with every request.
+    page.context.set_extra_http_headers({"Authorization": f"token {lab.token}"})
     page.goto(lab.url(f"formgrader/submissions/{submission}/"))
     score, comment = page.locator(f"input.score[id='{written}']"), page.locator(f"textarea[id='{written}-comment']")
     expect(score).to_be_visible(timeout=60_000)
