@@ -91,16 +91,16 @@ def feedback(name: str, student: dict) -> str:
             verdict = "passed" if check["passed"] else "failed"
             lines.append(f"- `{check['name']}`: {verdict} ({check['points']}/{check['max']})")
             if not check["passed"]:
-                lines += ["", *_fenced(check["message"], indent="  "), ""]
+                lines += ["", *_fenced(check["message"]), ""]
         lines.append("")
     lines += ["## Points", "", *_fenced(points_table(check_results(student)))]
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _fenced(text: str, indent: str = "") -> list[str]:
+def _fenced(text: str) -> list[str]:
     """A code block no backticks in the (untrusted) text can close early."""
     fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
-    return [indent + line if line else line for line in (fence, *text.splitlines(), fence)]
+    return [fence, *text.splitlines(), fence]
 
 
 def merge(shard_dirs: list[Path], out: Path) -> int:
