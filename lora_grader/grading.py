@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -80,9 +81,10 @@ class Sandbox:
         )
 
     def grade_jobs(self, jobs: dict[str, tuple[str, Path]], timeouts: Timeouts = Timeouts(),
-                   parallel: int | None = None) -> dict[str, list[CheckResult]]:
+                   parallel: int | None = None, progress=None) -> dict[str, list[CheckResult]]:
         """Grade many notebooks in one sandbox: jobs maps an id to (notebook key, path). At most
-        `parallel` notebooks run at once (default: one per core, at least two)."""
+        `parallel` notebooks run at once (default: one per core, at least two). `progress(job_id,
+        results)`, if given, hears of each notebook done in the sandbox (results None), then judged."""
         specs, unreadable = [], {}
         for job_id, (key, path) in jobs.items():
             try:
@@ -104,16 +106,22 @@ class Sandbox:
         try:
             self.process.stdin.write((json.dumps(job) + "\n").encode())
             self.process.stdin.close()
-            self.process.wait(timeout=waves * (timeouts.notebook + most_checks * (timeouts.check + 1)) + 60)
+            limit = waves * (timeouts.notebook + most_checks * (timeouts.check + 1)) + 60
+            if progress:
+                _report_until_done(self.process, self.outdir / "status.json", [*unreadable], progress, limit)
+            else:
+                self.process.wait(timeout=limit)
         except (subprocess.TimeoutExpired, BrokenPipeError):
             pass
         self._stop()
         try:
             statuses = _read_json(self.outdir / "status.json", dict)
-            return {
-                job_id: self._judge(key, self.outdir / job_id, unreadable.get(job_id), statuses.get(job_id))
-                for job_id, (key, _) in jobs.items()
-            }
+            results = {}
+            for job_id, (key, _) in jobs.items():
+                results[job_id] = self._judge(key, self.outdir / job_id, unreadable.get(job_id), statuses.get(job_id))
+                if progress:
+                    progress(job_id, results[job_id])
+            return results
         finally:
             self.close()
 
@@ -155,6 +163,20 @@ def grade(notebook_dir: Path, keys=None, timeouts: Timeouts = Timeouts()) -> dic
         return sandbox.grade(notebook_dir, keys or NOTEBOOKS, timeouts)
     finally:
         sandbox.close()
+
+
+def _report_until_done(process, status_file: Path, done: list, progress, limit: float) -> None:
+    """process.wait(limit), telling `progress` meanwhile of each notebook the sandbox has finished."""
+    told, deadline = set(), time.monotonic() + limit
+    while True:
+        ended = process.poll() is not None or time.monotonic() > deadline
+        for job_id in [*done, *_read_json(status_file, dict)]:
+            if job_id not in told:
+                told.add(job_id)
+                progress(job_id, None)
+        if ended:
+            return
+        time.sleep(0.25)
 
 
 def _read_outcomes(path: Path, ended: str) -> list[dict]:

@@ -1,11 +1,12 @@
 """Grade every student's notebooks: only those whose content changed since the last run.
 
-Notebooks go to the sandbox in chunks of a few students, each chunk in its own sandbox, the
-next one started (importing torch) while the current one grades: the progress bar moves per
-chunk, and a chunk's sandbox is never kept waiting for the next.
+All the notebooks to grade go to one sandbox, which imports torch once and runs `--jobs` of
+them at a time, each isolated as in `pytest autograder`; then this process judges them. The
+progress bars follow both stages student by student.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import re
@@ -18,7 +19,6 @@ from lora_grader.grading import PACKAGE_ROOT, CheckResult, Sandbox, Timeouts
 from lora_grader.report import first_line
 
 ASSIGNMENT = "lora"
-NOTEBOOKS_PER_CHUNK_AND_JOB = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +115,20 @@ class Run:
     missing: int
 
 
+@dataclasses.dataclass(frozen=True)
+class Job:
+    student: Student
+    key: str
+    path: Path
+    digest: str
+
+
 def grade_class(students: list[Student], previous: dict | None, grader: str, jobs: int,
                 timeouts: Timeouts = Timeouts(), progress: bool = True) -> Run:
     """Grade the class; `previous` is the last run's results.json (None: grade everything)."""
     old = previous["students"] if previous and previous.get("grader") == grader else {}
     notebooks = {student.name: {} for student in students}
-    todo: dict[str, list] = {}  # student -> [(job id, key, path, digest)]
+    todo: dict[str, Job] = {}  # by job id
     reused = missing = 0
     for number, student in enumerate(students):
         for key, notebook in NOTEBOOKS.items():
@@ -134,60 +142,57 @@ def grade_class(students: list[Student], previous: dict | None, grader: str, job
                 notebooks[student.name][key] = before
                 reused += 1
             else:
-                todo.setdefault(student.name, []).append((f"{number}-{key}", key, path, digest))
-    chunks = _chunks(list(todo.items()), NOTEBOOKS_PER_CHUNK_AND_JOB * jobs)
-    bar = tqdm(total=len(students), unit="student", desc="grading", disable=not progress, smoothing=0.1)
-    looks = 0
-
-    def done(names) -> None:
-        nonlocal looks
-        looks += sum(bool(needs_a_look(by_name[name], notebooks[name])) for name in names)
-        bar.set_postfix_str(f"need a look: {looks}", refresh=False)
-        bar.update(len(names))
-
-    by_name = {student.name: student for student in students}
-    done([name for name in notebooks if name not in todo])
-    sandbox = Sandbox() if chunks else None
-    try:
-        for number, chunk in enumerate(chunks):
-            following = Sandbox() if number + 1 < len(chunks) else None  # imports torch meanwhile
-            current, sandbox = sandbox, following
-            graded = _grade_chunk(current, chunk, timeouts, jobs)
-            for name, items in chunk:
-                for job_id, key, _, digest in items:
-                    notebooks[name][key] = _entry(key, digest, graded[job_id])
-            done([name for name, _ in chunk])
-    finally:
-        if sandbox:
-            sandbox.close()
-        bar.close()
+                todo[f"{number}-{key}"] = Job(student, key, path, digest)  # ids safe as folder names
+    with _Progress(todo, notebooks, enabled=progress) as heard:
+        try:
+            Sandbox().grade_jobs({job_id: (job.key, job.path) for job_id, job in todo.items()}, timeouts,
+                                 parallel=jobs, progress=heard)
+        except Exception as error:  # the grader's own failure must not end the run without outputs
+            message = f"the grader failed ({type(error).__name__}: {error}); grade again with --force"
+            for job_id, job in todo.items():
+                notebooks[job.student.name].setdefault(
+                    job.key, _entry(job.key, job.digest, [CheckResult(job.key, c, message) for c in checks_of(job.key)]))
     return Run(
         {student.name: {"notebooks": {key: notebooks[student.name][key] for key in NOTEBOOKS},
                         "needs_a_look": needs_a_look(student, notebooks[student.name])}
          for student in students},
-        graded=sum(len(items) for items in todo.values()), reused=reused, missing=missing,
+        graded=len(todo), reused=reused, missing=missing,
     )
 
 
-def _chunks(todo: list, size: int) -> list[list]:
-    """Whole students, at least `size` notebooks per chunk (but the last)."""
-    chunks, current, count = [], [], 0
-    for name, items in todo:
-        current.append((name, items))
-        count += len(items)
-        if count >= size:
-            chunks.append(current)
-            current, count = [], 0
-    return chunks + ([current] if current else [])
+class _Progress:
+    """Two bars, student by student: notebooks run in the sandbox, then judged here. Judged
+    results are stored in `notebooks` as they come."""
 
+    def __init__(self, todo: dict, notebooks: dict, enabled: bool) -> None:
+        self.todo, self.notebooks = todo, notebooks
+        counts = collections.Counter(job.student.name for job in todo.values())
+        self.left = {"ran": dict(counts), "judged": dict(counts)}
+        self.bars = {stage: tqdm(total=len(counts), unit="student", desc=stage.replace("ran", "running")
+                                 .replace("judged", "judging"), disable=not enabled or not todo)
+                     for stage in ("ran", "judged")}
+        self.looks, self.started_judging = 0, False
 
-def _grade_chunk(sandbox: Sandbox, chunk: list, timeouts: Timeouts, jobs: int) -> dict:
-    jobs_of_chunk = {job_id: (key, path) for _, items in chunk for job_id, key, path, _ in items}
-    try:
-        return sandbox.grade_jobs(jobs_of_chunk, timeouts, parallel=jobs)
-    except Exception as error:  # the grader's own failure must not cost the rest of the class
-        sandbox.close()
-        message = (f"the grader failed on this chunk of the class ({type(error).__name__}: {error}); "
-                   "grade again with --force")
-        return {job_id: [CheckResult(key, check, message) for check in checks_of(key)]
-                for job_id, (key, _) in jobs_of_chunk.items()}
+    def __enter__(self):
+        return self.heard
+
+    def __exit__(self, *exc) -> None:
+        for bar in self.bars.values():
+            bar.close()
+
+    def heard(self, job_id: str, results) -> None:
+        job = self.todo.get(job_id)
+        if job is None:  # not one of ours: the sandbox's status file may be within reach of student code
+            return
+        name, stage = job.student.name, "ran" if results is None else "judged"
+        if results is not None:
+            self.notebooks[name][job.key] = _entry(job.key, job.digest, results)
+            if not self.started_judging:  # its rate and time left count from here
+                self.bars[stage].reset()
+                self.started_judging = True
+        self.left[stage][name] -= 1
+        if self.left[stage][name] == 0:
+            if stage == "judged":
+                self.looks += bool(needs_a_look(job.student, self.notebooks[name]))
+                self.bars[stage].set_postfix_str(f"need a look so far: {self.looks}", refresh=False)
+            self.bars[stage].update()
