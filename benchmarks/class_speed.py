@@ -2,7 +2,8 @@
 
 A class is built from the catalogue: of every ten students, six hand in complete notebooks
 (demos included), three a catalogued bug, and one a hostile submission (a cell that calls
-os._exit, 20 MB of output in a cell, a cell that replaces the grader, an endless loop, in turn).
+os._exit, 20 MB of output in a cell, the untouched release with a cell that replaces the grader,
+an endless loop, in turn).
 `lora-grade` grades classes of 10, 20 and 40 students (and the 20 again, with nothing changed);
 `nbgrader autograde` grades the class of 20. This is a measurement to report, not a test: a
 busy machine makes it slower.
@@ -41,6 +42,10 @@ def _cell(source: str, output: str = "") -> dict:
             "source": source}
 
 
+def _released(key: str) -> dict:
+    return json.loads((ROOT / "course" / "lora" / NOTEBOOKS[key].filename).read_text())
+
+
 def make_student(number: int, submitted: Path) -> str:
     """The `number`th student of the class, written to submitted/<name>/lora; its name."""
     role = "complete" if number % 10 < 6 else "bug" if number % 10 < 9 else "hostile"
@@ -54,7 +59,7 @@ def make_student(number: int, submitted: Path) -> str:
         write_submission(BUGS[number % len(BUGS)], folder)
     elif role == "hostile":
         key, source = HOSTILE[kind]
-        notebook = complete_submission(key)
+        notebook = _released(key) if kind == "patches-the-grader" else complete_submission(key)
         notebook["cells"].insert(1, _cell(source, "x" * 20 * 2**20 if kind == "enormous" else ""))
         (folder / NOTEBOOKS[key].filename).write_text(json.dumps(notebook, indent=1))
     return name

@@ -145,8 +145,9 @@ def grade_class(students: list[Student], previous: dict | None, grader: str, job
                 todo[f"{number}-{key}"] = Job(student, key, path, digest)  # ids safe as folder names
     with _Progress(todo, notebooks, enabled=progress) as heard:
         try:
-            Sandbox().grade_jobs({job_id: (job.key, job.path) for job_id, job in todo.items()}, timeouts,
-                                 parallel=jobs, progress=heard)
+            if todo:
+                Sandbox().grade_jobs({job_id: (job.key, job.path) for job_id, job in todo.items()}, timeouts,
+                                     parallel=jobs, progress=heard)
         except Exception as error:  # the grader's own failure must not end the run without outputs
             message = f"the grader failed ({type(error).__name__}: {error}); grade again with --force"
             for job_id, job in todo.items():

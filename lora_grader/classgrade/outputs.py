@@ -22,10 +22,13 @@ def feedback_path(out: Path, student: str) -> Path:
 
 
 def read_results(out: Path) -> dict | None:
+    path = Path(out) / RESULTS
     try:
-        return json.loads((Path(out) / RESULTS).read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except ValueError as error:
+        raise ValueError(f"{path} is damaged ({error}): grade again with --force") from None
 
 
 def write_outputs(out: Path, grader: str, students: dict, shard: str | None = None) -> None:
