@@ -1,0 +1,3 @@
+from lora_grader.classgrade.cli import main
+
+raise SystemExit(main())
