@@ -1,6 +1,6 @@
 """Hostile and careless submissions of notebook 05. None may earn a point it should not, and each
-costs only the checks of the task it breaks. All cases are graded in one sandbox run; a complete
-notebook graded after them keeps full marks."""
+costs only the checks of the task it breaks. All cases are graded in one sandbox run per sandbox
+mode; a complete notebook graded after them keeps full marks."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ import pytest
 
 from catalogue import complete_submission
 from lora_grader.checks import NOTEBOOKS, checks_of
-from lora_grader.grading import Sandbox, Timeouts
+from lora_grader.grading import MODES, Sandbox, Timeouts
 
 TIMEOUTS = Timeouts(cell=5.0, check=5.0, notebook=15.0)  # short, with room for a busy 2-core machine
 ALL = "*"
@@ -120,8 +120,8 @@ def count_parameters(model):
 ]
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
+@pytest.fixture(scope="module", params=MODES)
+def results(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile05")
     jobs = {}
     for case in CASES + [Case("clean-05", {}, {})]:
@@ -129,7 +129,7 @@ def results(tmp_path_factory):
         path.parent.mkdir()
         path.write_text(json.dumps(_notebook(case), indent=1))
         jobs[case.name] = ("05", path)
-    return Sandbox().grade_jobs(jobs, TIMEOUTS)
+    return Sandbox(request.param).grade_jobs(jobs, TIMEOUTS)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
