@@ -29,11 +29,20 @@ CALLS = {
     "gradient_prediction": ((), {}),
     "MergeableLoRALinear": ((1,), {"rank": 2, "alpha": 3}),
     "export_merged": ((1,), {}),
+    "add_lora": ((1, 2), {"rank": 2, "alpha": 3, "trainable": ()}),
+    "count_parameters": ((1,), {}),
+    "adapter_state_dict": ((1,), {}),
+    "load_adapter": ((1, 2), {}),
+    "merge_all": ((1,), {}),
+    "lora_trainable_parameters": ((1, 2, 3), {}),
+    "paper_millions": ((1,), {}),
 }
 
 
 def _modules():
-    names = [info.name for info in pkgutil.walk_packages(lora_grader.__path__, "lora_grader.")]
+    # not a package's __main__: importing it runs its command
+    names = [info.name for info in pkgutil.walk_packages(lora_grader.__path__, "lora_grader.")
+             if not info.name.endswith(".__main__")]
     return [lora_grader] + [importlib.import_module(name) for name in names]
 
 
