@@ -7,6 +7,7 @@ import torch.nn as nn
 
 from lora_grader.checks import layer
 from lora_grader.checks.core import Check, fail, numbers, returned, tensor
+from lora_grader.checks.core import hidden_cases_of
 
 MANUAL_POINTS = {"why_lora_A_gets_zero_gradient": 2}
 
@@ -21,9 +22,6 @@ POINTS = {
 # Square layers hide transposes, and alpha == rank (or alpha == 1) makes wrong scalings look
 # alike or right: neither appears here.
 LAYER_CASES = layer.layer_cases([(12, 20, 4, 6, (5, 12)), (16, 6, 2, 3, (2, 3, 16))], seeds=(300, 310))
-LAYER_HIDDEN = layer.layer_cases(
-    [(10, 14, 3, 2, (2, 2, 3, 10)), (20, 8, 5, 8, (7, 20)), (9, 15, 2, 5, (4, 9))], seeds=(320, 330, 340)
-)
 
 
 # --- count_trainable_parameters ---------------------------------------------------------------
@@ -178,26 +176,10 @@ COUNT_CASES = _count_cases(
     "a module with a frozen nn.Parameter of 4 numbers and an nn.Linear(4, 2)",
     "a fully frozen nn.Linear(9, 4)",
 )
-COUNT_HIDDEN = _count_cases(
-    "nn.Linear(20, 3)",
-    "nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4)) with the first Linear frozen",
-    "a module holding a frozen nn.Linear(12, 20) and trainable nn.Linear(12, 3, bias=False), "
-    "nn.Linear(3, 20, bias=False)",
-    "nn.Sequential(nn.Tanh()), which has no parameters",
-    "nn.Sequential(nn.Linear(6, 11), nn.BatchNorm1d(11)); BatchNorm also holds buffers",
-    "nn.Linear(9, 8) with only its bias frozen",
-    "a module with a frozen nn.Parameter of 6 numbers and an nn.Linear(6, 5)",
-    "a fully frozen nn.Linear(3, 13)",
-)
 SHARED_CASES = _count_cases(
     "nn.Embedding(10, 4) and nn.Linear(4, 10) sharing one (10, 4) weight",
     "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(6, 6) used twice",
     "nn.Embedding(7, 3) and nn.Linear(3, 7) sharing one frozen (7, 3) weight",
-)
-SHARED_HIDDEN = _count_cases(
-    "nn.Embedding(11, 6) and nn.Linear(6, 11) sharing one (11, 6) weight",
-    "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(5, 5) used twice",
-    "nn.Embedding(9, 5) and nn.Linear(5, 9) sharing one frozen (9, 5) weight",
 )
 
 
@@ -300,7 +282,9 @@ def verdict_gradient_prediction(keys):
 
 
 PREDICTION_CASES = layer.layer_cases([(10, 6, 3, 5, (4, 10))], seeds=(400,))
-PREDICTION_HIDDEN = layer.layer_cases([(7, 13, 2, 1, (2, 3, 7))], seeds=(410,))
+HIDDEN = hidden_cases_of("nb03", layer.layer_cases, _count_cases)
+LAYER_HIDDEN, COUNT_HIDDEN = HIDDEN["layer"], HIDDEN["count"]
+SHARED_HIDDEN, PREDICTION_HIDDEN = HIDDEN["shared"], HIDDEN["prediction"]
 
 
 CHECKS = layer.layer_checks(LAYOUT, LAYER_CASES, LAYER_HIDDEN, POINTS) + (
