@@ -34,27 +34,35 @@ def nb02(flop_cases):
     }
 
 
-def nb03(layer_cases, count_cases):
+def nb03(layer_cases, nb03):
+    """nb03 is the check module: its case builder and the modules its cases name."""
+    modules = {
+        "nn.Linear(20, 3)": lambda: nb03.nn.Linear(20, 3),
+        "nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4)) with the first Linear frozen":
+            lambda: nb03._partly_frozen_sequential(7, 9, 4),
+        "a module holding a frozen nn.Linear(12, 20) and trainable nn.Linear(12, 3, bias=False), "
+        "nn.Linear(3, 20, bias=False)": lambda: nb03._FrozenBaseWithAdapter(12, 20, 3),
+        "nn.Sequential(nn.Tanh()), which has no parameters": lambda: nb03.nn.Sequential(nb03.nn.Tanh()),
+        "nn.Sequential(nn.Linear(6, 11), nn.BatchNorm1d(11)); BatchNorm also holds buffers":
+            lambda: nb03.nn.Sequential(nb03.nn.Linear(6, 11), nb03.nn.BatchNorm1d(11)),
+        "nn.Linear(9, 8) with only its bias frozen": lambda: nb03._bias_frozen_linear(9, 8),
+        "a module with a frozen nn.Parameter of 6 numbers and an nn.Linear(6, 5)": lambda: nb03._FrozenGate(6, 5),
+        "a fully frozen nn.Linear(3, 13)": lambda: nb03.nn.Linear(3, 13).requires_grad_(False),
+    }
+    shared = {
+        "nn.Embedding(11, 6) and nn.Linear(6, 11) sharing one (11, 6) weight": lambda: nb03._TiedEmbedding(11, 6),
+        "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(5, 5) used twice":
+            lambda: nb03._one_linear_twice(5),
+        "nn.Embedding(9, 5) and nn.Linear(5, 9) sharing one frozen (9, 5) weight":
+            lambda: nb03._TiedEmbedding(9, 5, freeze_shared=True),
+    }
     return {
         "layer": layer_cases(
             [(10, 14, 3, 2, (2, 2, 3, 10)), (20, 8, 5, 8, (7, 20)), (9, 15, 2, 5, (4, 9))], seeds=(320, 330, 340)
         ),
-        "count": count_cases(
-            "nn.Linear(20, 3)",
-            "nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4)) with the first Linear frozen",
-            "a module holding a frozen nn.Linear(12, 20) and trainable nn.Linear(12, 3, bias=False), "
-            "nn.Linear(3, 20, bias=False)",
-            "nn.Sequential(nn.Tanh()), which has no parameters",
-            "nn.Sequential(nn.Linear(6, 11), nn.BatchNorm1d(11)); BatchNorm also holds buffers",
-            "nn.Linear(9, 8) with only its bias frozen",
-            "a module with a frozen nn.Parameter of 6 numbers and an nn.Linear(6, 5)",
-            "a fully frozen nn.Linear(3, 13)",
-        ),
-        "shared": count_cases(
-            "nn.Embedding(11, 6) and nn.Linear(6, 11) sharing one (11, 6) weight",
-            "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(5, 5) used twice",
-            "nn.Embedding(9, 5) and nn.Linear(5, 9) sharing one frozen (9, 5) weight",
-        ),
+        "modules": modules | shared,
+        "count": nb03._count_cases(*modules),
+        "shared": nb03._count_cases(*shared),
         "prediction": layer_cases([(7, 13, 2, 1, (2, 3, 7))], seeds=(410,)),
     }
 
