@@ -88,7 +88,7 @@ def build_student_wheel(repo: Path, folder: Path) -> Path:
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc", HIDDEN_MODULE.name))
         shutil.copy(repo / "pyproject.toml", source)
         (source / "README.md").write_text(STUDENT_README.format(wheel="the wheel"))  # the wheel's description
-        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                         "--wheel-dir", str(folder), str(source)], check=True)
     wheels = list(folder.glob("*.whl"))
     assert len(wheels) == 1, wheels

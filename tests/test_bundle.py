@@ -98,22 +98,39 @@ def test_bundle_holds_no_solution_text(bundle):
 def test_bundle_holds_no_hidden_cases(bundle):
     files = _bundle_files(bundle)
     assert not [name for name in files if name.endswith(HIDDEN_MODULE.name)]
+    assert not _hidden_leaks(files)
+
+
+def _hidden_leaks(files: dict[str, str]) -> list[str]:
+    """Each line of hidden.py that holds a number, found anywhere in a file (not only as a line)."""
     values = {line for line in _lines((ROOT / HIDDEN_MODULE).read_text()) if re.search(r"\d", line) and len(line) >= 12}
     assert len(values) > 20
-    # A hidden value anywhere in a line is a leak, not only as a whole line.
-    assert not sorted(f"{name}: {value!r}" for name, text in files.items() for value in values if value in text)
+    return sorted(f"{name}: {value!r}" for name, text in files.items() for value in values if value in text)
 
 
 def test_bundle_holds_no_catalogue_and_no_solutions(bundle):
     files = _bundle_files(bundle)
     assert not [name for name in files if re.search(r"(^|/|!)(solutions|tests|catalogue)/", name)]
+    assert not _leaks(files, _catalogue_lines())
+
+
+def _catalogue_lines() -> set[str]:
+    """The catalogue's own lines: not those it shares with the release or the student's grader."""
     catalogue = {line for path in (ROOT / "tests" / "catalogue").glob("*.py")
                  for line in _lines(path.read_text()) if len(line) >= 20}
     given = _given().union(*(_lines(path.read_text()) for path in (ROOT / "lora_grader").rglob("*.py")
                              if path.name != HIDDEN_MODULE.name))
     distinctive = catalogue - given
     assert len(distinctive) > 50
-    assert not _leaks(files, distinctive)
+    return distinctive
+
+
+def test_the_scan_finds_answers_where_they_are():
+    for path in (ROOT / "solutions" / "lora").glob("*.ipynb"):
+        assert _leaks(dict(_members(path.name, path.read_bytes())), _solution_lines()), path.name
+    assert _hidden_leaks({"hidden.py": (ROOT / HIDDEN_MODULE).read_text()})
+    catalogue = {path.name: path.read_text() for path in (ROOT / "tests" / "catalogue").glob("nb*.py")}
+    assert all(_leaks({name: text}, _catalogue_lines()) for name, text in catalogue.items())
 
 
 def test_student_install_has_no_hidden_cases_and_says_so(bundle, tmp_path):
