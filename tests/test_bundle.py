@@ -3,6 +3,7 @@ import io
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import zipfile
@@ -195,3 +196,19 @@ def test_bundle_works_alone_in_a_fresh_venv(bundle, tmp_path):
     solved = run(self_check, check=False)
     assert solved.returncode == 0, solved.stdout[-3000:]
     assert "failed" not in solved.stdout.splitlines()[-1]
+
+    # The test cells in a kernel of the bundle's venv: every one passes on the complete notebook.
+    path = folder / "course" / "lora" / NOTEBOOKS["01"].filename
+    tests = [cell for cell in nbformat.read(path, as_version=4).cells
+             if cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("grade")]
+    executed = run(".venv/bin/python -c " + shlex.quote(RUN_NOTEBOOK) + f" {shlex.quote(str(path))}")
+    assert executed.stdout.count("✓") == len(tests) == 4, executed.stdout + executed.stderr[-3000:]
+
+
+RUN_NOTEBOOK = """
+import sys, nbformat
+from nbclient import NotebookClient
+notebook = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+print("".join(output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])))
+"""
