@@ -173,16 +173,20 @@ def test_bundle_works_alone_in_a_fresh_venv(bundle, tmp_path):
     folder = room / "lora-course"
     readme = (folder / "README.md").read_text()
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if "venv" not in p)
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != Path(sys.prefix) / "bin")
 
     def run(command: str, check=True) -> subprocess.CompletedProcess:
         return subprocess.run(command, shell=True, cwd=folder, env=env, capture_output=True, text=True,
                               check=check)
 
     make_venv, install = _readme_commands(readme, "Set up")
-    run(make_venv.replace("python ", f"{sys.base_prefix}/bin/python3 ", 1))
+    run(make_venv.replace("python ", f"{sys.base_prefix}/bin/python3 ", 1))  # a Python outside any venv
     run(".venv/bin/pip install --quiet torch==2.13.0")  # as CI: the CPU build on this machine's disk
     run(install)
+    where = run(".venv/bin/python -c " + shlex.quote(
+        "import importlib.util, lora_grader; print(lora_grader.__file__); "
+        "assert importlib.util.find_spec('lora_grader.checks.hidden') is None"))
+    assert Path(where.stdout.strip()).is_relative_to(folder / ".venv")
     [self_check] = _readme_commands(readme, "Check your work")
 
     untouched = run(self_check, check=False)
