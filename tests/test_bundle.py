@@ -13,7 +13,7 @@ import nbformat
 import pytest
 
 from catalogue import complete_submission
-from lora_grader.bundle import HIDDEN_MODULE, build
+from lora_grader.bundle import HIDDEN_MODULE, build, main
 from lora_grader.checks import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,6 +151,13 @@ def test_student_install_has_no_hidden_cases_and_says_so(bundle, tmp_path):
     done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
                           capture_output=True, text=True, check=True)
     assert "graded by your instructor" in done.stdout
+
+
+def test_the_command_refuses_a_folder_that_is_not_the_repository(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--repo", str(tmp_path), "--out", str(tmp_path / "dist")])
+    assert "is not the course repository" in capsys.readouterr().err
+    assert not (tmp_path / "dist").exists()
 
 
 def test_instructor_install_keeps_every_hidden_case():
