@@ -30,9 +30,9 @@ python -m venv .venv
 .venv/bin/pip install --quiet {wheel}
 ```
 
-On Windows, write `.venv\\Scripts\\pip` for `.venv/bin/pip` (and likewise below). The wheel
-installs PyTorch, JupyterLab, pytest and the course's grader. Then open the notebooks with
-`.venv/bin/jupyter lab course/lora`.
+The wheel installs PyTorch, JupyterLab, pytest and the course's grader. Then open the notebooks
+with `.venv/bin/jupyter lab course/lora`. On Windows, work inside WSL: the notebooks' test cells
+run anywhere, but the self-check below runs on Linux and macOS.
 
 ## Check your work
 
