@@ -8,8 +8,10 @@ an nbgrader test cell runs both in the kernel with `run_check`. Either way it is
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
+import importlib
 import linecache
 import os
 import textwrap
@@ -58,13 +60,26 @@ class Check:
     probe: Callable[[Mapping[str, Any], Case], dict]
     verdict: Callable[[Case, dict], None]
     cases: tuple[Case, ...]
-    hidden_cases: tuple[Case, ...] = ()
+    hidden_cases: tuple[Case, ...] | None = ()  # None in a student's install: see hidden_cases_of
     # Turns an exception raised by the student's code into the likely cause, or None.
     explain_error: Callable[[Case, Outcome], str | None] = lambda case, outcome: None
 
     @property
     def all_cases(self) -> tuple[Case, ...]:
-        return self.cases + self.hidden_cases
+        return self.cases + (self.hidden_cases or ())
+
+
+def hidden_cases_of(module: str, *builders) -> Mapping[str, tuple[Case, ...] | None]:
+    """The hidden cases of a check module, by name, built with the module's own case builders.
+    A student's install is built without lora_grader/checks/hidden.py: there every name is None,
+    so no hidden case ever reaches a student's machine."""
+    try:
+        hidden = importlib.import_module("lora_grader.checks.hidden")
+    except ModuleNotFoundError as missing:
+        if missing.name != "lora_grader.checks.hidden":
+            raise
+        return collections.defaultdict(lambda: None)
+    return getattr(hidden, module)(*builders)
 
 
 # --- running the probe: the only place student code is called --------------------------------
@@ -428,6 +443,9 @@ def base_linear(in_features: int, out_features: int, seed: int) -> torch.nn.Line
 def run_check(check: Check, namespace: Mapping[str, Any], hidden: bool = False) -> None:
     """Probe and judge in this process: what an nbgrader test cell (or a student) calls."""
     __tracebackhide__ = True
+    if hidden and check.hidden_cases is None:
+        raise CheckFailed(f"{check.name}: hidden cases are graded by your instructor; "
+                          "this install of lora_grader holds only the visible ones")
     cases = check.hidden_cases if hidden else check.cases
     try:
         judge(check, cases, collect(check, namespace, cases))

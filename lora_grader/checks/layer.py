@@ -17,6 +17,7 @@ from lora_grader.checks.core import (
     max_error, numbers, safe_str, shape_str, student_location, tensor, true_grad, true_numel,
     true_parameters, true_requires_grad,
 )
+from lora_grader.checks.core import hidden_cases_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -425,9 +426,8 @@ def layer_cases(shapes, seeds):
 
 
 CASES = layer_cases([(12, 20, 4, 6, (5, 12)), (16, 6, 2, 3, (2, 3, 16))], seeds=(100, 110))
-HIDDEN_CASES = layer_cases(
-    [(10, 14, 3, 1, (2, 2, 3, 10)), (20, 8, 5, 8, (7, 20)), (9, 9, 2, 5, (4, 9))], seeds=(120, 130, 140)
-)
 # Few tokens and rank 2: an in × out matrix is a hundred times larger than x or the output.
 FLOP_CASES = layer_cases([(512, 384, 2, 3, (3, 512)), (384, 512, 2, 5, (2, 2, 384))], seeds=(150, 160))
-FLOP_HIDDEN = layer_cases([(448, 320, 2, 1, (4, 448)), (320, 448, 3, 2, (1, 3, 320))], seeds=(170, 180))
+HIDDEN = hidden_cases_of("layer", layer_cases)
+HIDDEN_CASES = HIDDEN["layer"]
+FLOP_HIDDEN = HIDDEN["flops"]

@@ -12,6 +12,7 @@ from lora_grader.checks.core import (
     Check, ProbeError, base_linear, count_flops_and_largest, expect_tensor, fail, fit_scale, is_close,
     matmul_flops, max_error, numbers, returned, shape_str, tensor,
 )
+from lora_grader.checks.core import hidden_cases_of
 
 MANUAL_POINTS = {"why_zero_init_hides_the_bug": 2}
 
@@ -200,19 +201,17 @@ UPDATE_CASES = _cases(
     [(12, 20, 4, (5, 12)), (16, 6, 2, (2, 3, 16)), (8, 24, 3, (2, 2, 3, 8))],
     seeds=(0, 10, 20), scalings=(0.375, 2.5, 1.75),
 )
-UPDATE_HIDDEN = _cases(
-    [(20, 12, 5, (7, 20)), (10, 10, 1, (3, 4, 10)), (6, 30, 2, (1, 2, 2, 6))],
-    seeds=(30, 40, 50), scalings=(0.25, 3.0, 0.5),
-)
 # An in × out matrix is a hundred times larger than x, x @ A or the result: however A @ B is
 # formed, its size shows. Both kinds of input, (tokens, in) and (batch, seq, in), are visible.
 FLOP_CASES = _cases([(512, 384, 2, (3, 512)), (384, 512, 2, (2, 2, 384))], seeds=(60, 65), scalings=(0.5, 1.5))
-FLOP_HIDDEN = _cases([(448, 320, 2, (2, 1, 448)), (320, 448, 3, (4, 320))], seeds=(70, 75), scalings=(2.0, 0.25))
+HIDDEN = hidden_cases_of("nb01", _cases)
+UPDATE_HIDDEN = HIDDEN["update"]
+FLOP_HIDDEN = HIDDEN["flops"]
 
 CHECKS = (
     Check("silent_failure_case", "silent_failure_case", 2,
           _probe_silent_failure_case, _verdict_silent_failure_case,
-          cases=({"seed": 0},), hidden_cases=({"seed": 1},)),
+          cases=({"seed": 0},), hidden_cases=HIDDEN["silent_failure_case"]),
     Check("lora_update_shape", "lora_update", 1, _probe_lora_update, _verdict_lora_update_shape,
           UPDATE_CASES, UPDATE_HIDDEN, _explain_update_error),
     Check("lora_update_values", "lora_update", 2, _probe_lora_update, _verdict_lora_update_values,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from lora_grader.checks import layer
 from lora_grader.checks.core import Check, fail, matmul_flops, returned
+from lora_grader.checks.core import hidden_cases_of
 
 MANUAL_POINTS: dict[str, int] = {}
 
@@ -60,11 +61,10 @@ def _flop_cases(materialize, shapes):
     )
 
 
+HIDDEN = hidden_cases_of("nb02", _flop_cases)
 CHECKS = layer.layer_checks(LAYOUT, layer.CASES, layer.HIDDEN_CASES, POINTS) + (
     Check("lora_flops_factored", "lora_flops", 2, _probe_lora_flops, _verdict_lora_flops,
-          _flop_cases(False, [(10, 64, 32, 4), (1, 4096, 4096, 8)]),
-          _flop_cases(False, [(3, 7, 5, 1), (512, 768, 3072, 16)])),
+          _flop_cases(False, [(10, 64, 32, 4), (1, 4096, 4096, 8)]), HIDDEN["factored"]),
     Check("lora_flops_materialized", "lora_flops", 1, _probe_lora_flops, _verdict_lora_flops,
-          _flop_cases(True, [(10, 64, 32, 4), (1, 4096, 4096, 8)]),
-          _flop_cases(True, [(3, 7, 5, 1), (512, 768, 3072, 16)])),
+          _flop_cases(True, [(10, 64, 32, 4), (1, 4096, 4096, 8)]), HIDDEN["materialized"]),
 )

@@ -2,11 +2,14 @@
 and predicting which gradients one backward pass produces at initialisation."""
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn as nn
 
 from lora_grader.checks import layer
 from lora_grader.checks.core import Check, fail, numbers, returned, tensor
+from lora_grader.checks.core import hidden_cases_of
 
 MANUAL_POINTS = {"why_lora_A_gets_zero_gradient": 2}
 
@@ -21,9 +24,6 @@ POINTS = {
 # Square layers hide transposes, and alpha == rank (or alpha == 1) makes wrong scalings look
 # alike or right: neither appears here.
 LAYER_CASES = layer.layer_cases([(12, 20, 4, 6, (5, 12)), (16, 6, 2, 3, (2, 3, 16))], seeds=(300, 310))
-LAYER_HIDDEN = layer.layer_cases(
-    [(10, 14, 3, 2, (2, 2, 3, 10)), (20, 8, 5, 8, (7, 20)), (9, 15, 2, 5, (4, 9))], seeds=(320, 330, 340)
-)
 
 
 # --- count_trainable_parameters ---------------------------------------------------------------
@@ -74,39 +74,25 @@ def _one_linear_twice(width=6):
 
 # The case names the module in the words of the feedback; probe and verdict both build it from this.
 # The visible cases hold every kind of module the notebook speaks of (frozen parts, no parameters,
-# buffers, a frozen Parameter, shared weights); the hidden ones are the same kinds in other sizes.
+# buffers, a frozen Parameter, shared weights); the hidden ones (hidden.py) are the same kinds in
+# other sizes.
 MODULES = {
     "nn.Linear(12, 7)": lambda: nn.Linear(12, 7),
-    "nn.Linear(20, 3)": lambda: nn.Linear(20, 3),
     "nn.Sequential(nn.Linear(10, 6), nn.ReLU(), nn.Linear(6, 3)) with the first Linear frozen":
         _partly_frozen_sequential,
-    "nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4)) with the first Linear frozen":
-        lambda: _partly_frozen_sequential(7, 9, 4),
     "a module holding a frozen nn.Linear(16, 9) and trainable nn.Linear(16, 2, bias=False), "
     "nn.Linear(2, 9, bias=False)": _FrozenBaseWithAdapter,
-    "a module holding a frozen nn.Linear(12, 20) and trainable nn.Linear(12, 3, bias=False), "
-    "nn.Linear(3, 20, bias=False)": lambda: _FrozenBaseWithAdapter(12, 20, 3),
     "nn.Sequential(nn.ReLU(), nn.Dropout(0.1)), which has no parameters":
         lambda: nn.Sequential(nn.ReLU(), nn.Dropout(0.1)),
-    "nn.Sequential(nn.Tanh()), which has no parameters": lambda: nn.Sequential(nn.Tanh()),
     "nn.Sequential(nn.Linear(8, 5), nn.BatchNorm1d(5)); BatchNorm also holds buffers":
         lambda: nn.Sequential(nn.Linear(8, 5), nn.BatchNorm1d(5)),
-    "nn.Sequential(nn.Linear(6, 11), nn.BatchNorm1d(11)); BatchNorm also holds buffers":
-        lambda: nn.Sequential(nn.Linear(6, 11), nn.BatchNorm1d(11)),
     "nn.Linear(5, 3) with only its bias frozen": _bias_frozen_linear,
-    "nn.Linear(9, 8) with only its bias frozen": lambda: _bias_frozen_linear(9, 8),
     "a module with a frozen nn.Parameter of 4 numbers and an nn.Linear(4, 2)": _FrozenGate,
-    "a module with a frozen nn.Parameter of 6 numbers and an nn.Linear(6, 5)": lambda: _FrozenGate(6, 5),
     "a fully frozen nn.Linear(9, 4)": lambda: nn.Linear(9, 4).requires_grad_(False),
-    "a fully frozen nn.Linear(3, 13)": lambda: nn.Linear(3, 13).requires_grad_(False),
     "nn.Embedding(10, 4) and nn.Linear(4, 10) sharing one (10, 4) weight": lambda: _TiedEmbedding(10, 4),
-    "nn.Embedding(11, 6) and nn.Linear(6, 11) sharing one (11, 6) weight": lambda: _TiedEmbedding(11, 6),
     "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(6, 6) used twice": _one_linear_twice,
-    "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(5, 5) used twice": lambda: _one_linear_twice(5),
     "nn.Embedding(7, 3) and nn.Linear(3, 7) sharing one frozen (7, 3) weight":
         lambda: _TiedEmbedding(7, 3, freeze_shared=True),
-    "nn.Embedding(9, 5) and nn.Linear(5, 9) sharing one frozen (9, 5) weight":
-        lambda: _TiedEmbedding(9, 5, freeze_shared=True),
 }
 
 
@@ -178,26 +164,10 @@ COUNT_CASES = _count_cases(
     "a module with a frozen nn.Parameter of 4 numbers and an nn.Linear(4, 2)",
     "a fully frozen nn.Linear(9, 4)",
 )
-COUNT_HIDDEN = _count_cases(
-    "nn.Linear(20, 3)",
-    "nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4)) with the first Linear frozen",
-    "a module holding a frozen nn.Linear(12, 20) and trainable nn.Linear(12, 3, bias=False), "
-    "nn.Linear(3, 20, bias=False)",
-    "nn.Sequential(nn.Tanh()), which has no parameters",
-    "nn.Sequential(nn.Linear(6, 11), nn.BatchNorm1d(11)); BatchNorm also holds buffers",
-    "nn.Linear(9, 8) with only its bias frozen",
-    "a module with a frozen nn.Parameter of 6 numbers and an nn.Linear(6, 5)",
-    "a fully frozen nn.Linear(3, 13)",
-)
 SHARED_CASES = _count_cases(
     "nn.Embedding(10, 4) and nn.Linear(4, 10) sharing one (10, 4) weight",
     "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(6, 6) used twice",
     "nn.Embedding(7, 3) and nn.Linear(3, 7) sharing one frozen (7, 3) weight",
-)
-SHARED_HIDDEN = _count_cases(
-    "nn.Embedding(11, 6) and nn.Linear(6, 11) sharing one (11, 6) weight",
-    "nn.Sequential(linear, nn.Tanh(), linear) with one nn.Linear(5, 5) used twice",
-    "nn.Embedding(9, 5) and nn.Linear(5, 9) sharing one frozen (9, 5) weight",
 )
 
 
@@ -300,7 +270,10 @@ def verdict_gradient_prediction(keys):
 
 
 PREDICTION_CASES = layer.layer_cases([(10, 6, 3, 5, (4, 10))], seeds=(400,))
-PREDICTION_HIDDEN = layer.layer_cases([(7, 13, 2, 1, (2, 3, 7))], seeds=(410,))
+HIDDEN = hidden_cases_of("nb03", layer.layer_cases, sys.modules[__name__])
+MODULES.update(HIDDEN["modules"] or {})
+LAYER_HIDDEN, COUNT_HIDDEN = HIDDEN["layer"], HIDDEN["count"]
+SHARED_HIDDEN, PREDICTION_HIDDEN = HIDDEN["shared"], HIDDEN["prediction"]
 
 
 CHECKS = layer.layer_checks(LAYOUT, LAYER_CASES, LAYER_HIDDEN, POINTS) + (

@@ -19,6 +19,7 @@ from lora_grader.checks.core import (
     Check, ProbeError, base_linear, fail, fit_scale, is_close, max_error, numbers, returned,
     safe_str, shape_str, storage_of, tensor, true_grad_fn, true_parameters, true_requires_grad,
 )
+from lora_grader.checks.core import hidden_cases_of
 from lora_grader.checks.layer import layer_cases, scaling_hint
 
 MANUAL_POINTS = {"why_no_grad": 2}
@@ -580,9 +581,7 @@ def verdict_export_leaves_layer(case, data):
 # --- the checks -------------------------------------------------------------------------------
 
 CASES = layer_cases([(12, 20, 4, 6, (5, 12)), (9, 9, 2, 5, (2, 3, 9))], seeds=(400, 410))
-HIDDEN_CASES = layer_cases(
-    [(16, 6, 2, 3, (2, 3, 16)), (10, 10, 3, 1, (2, 2, 3, 10)), (20, 8, 5, 8, (7, 20))], seeds=(420, 430, 440)
-)
+HIDDEN_CASES = hidden_cases_of("nb04", layer_cases)["layer"]
 
 
 def _check(name, task, points, probe, verdict):

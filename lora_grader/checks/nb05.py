@@ -21,6 +21,7 @@ from lora_grader.checks.core import (
     Check, ProbeError, base_linear, fail, is_close, max_error, numbers, returned, safe_str, shape_str,
     tensor,
 )
+from lora_grader.checks.core import hidden_cases_of
 
 MANUAL_POINTS = {"why_lora_beats_the_head": 2}
 
@@ -650,13 +651,7 @@ MODEL_CASES = (
     _case("nested", (9, 14, 11, 4), ("body.fc2",), ("head",), 3, 4, (2, 3, 9), 510),
     _case("mlp", (8, 15, 6), ("0", "2"), (), 3, 9, (3, 8), 540),
 )
-MODEL_HIDDEN = (
-    _case("mlp", (10, 18, 7, 13, 3), ("2", "4"), ("6",), 4, 2, (6, 10), 520),
-    _case("nested", (16, 8, 12, 6), ("body.fc1", "body.fc2"), ("head",), 2, 5, (4, 16), 530),
-    _case("mlp", (7, 11, 9), ("0",), (), 5, 3, (2, 7), 550),
-)
 COUNT_CASES = MODEL_CASES + ({"model": TIED},)
-COUNT_HIDDEN = MODEL_HIDDEN
 
 
 def _paper(num_layers, d_model, ranks):
@@ -669,13 +664,10 @@ PAPER_CASES = (
     _paper(96, 12288, {"Wq": 2, "Wk": 2, "Wv": 2, "Wo": 2}),
     _paper(96, 12288, {"Wv": 8}),
 )
-PAPER_HIDDEN = (
-    _paper(24, 1024, {"Wq": 4, "Wv": 4}),
-    _paper(12, 768, {"Wq": 16, "Wk": 8, "Wv": 4}),
-    _paper(32, 4096, {"Wq": 8, "Wk": 8, "Wv": 8, "Wo": 8}),
-)
 MILLION_CASES = tuple({"count": n} for n in (4_718_592, 18_874_368, 301_989_888, 37_748_736))
-MILLION_HIDDEN = tuple({"count": n} for n in (9_437_184, 1_049_999, 123_456_789, 999_999))
+HIDDEN = hidden_cases_of("nb05", _case, _paper)
+MODEL_HIDDEN = COUNT_HIDDEN = HIDDEN["model"]
+PAPER_HIDDEN, MILLION_HIDDEN = HIDDEN["paper"], HIDDEN["millions"]
 
 
 CHECKS = (

@@ -1,0 +1,110 @@
+"""`lora-bundle`: the folder and zip an instructor hands out to a class, with no answers in it.
+
+The bundle holds the released notebooks (nbgrader has stripped their solutions and hidden tests),
+the self-check `autograder/` with its pytest configuration, a README for students, and the grader
+as a wheel built without lora_grader/checks/hidden.py. Run it from the course repository.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+HIDDEN_MODULE = Path("lora_grader") / "checks" / "hidden.py"
+
+STUDENT_README = """\
+# LoRA, from the bug to the merge: your notebooks
+
+Five graded Jupyter notebooks in `course/lora/`. Work through them in order; each stands alone.
+
+## Set up
+
+Two commands, run in this folder (Python 3.10 or newer):
+
+```sh
+python -m venv .venv
+.venv/bin/pip install --quiet {wheel}
+```
+
+The wheel installs PyTorch, JupyterLab, pytest and the course's grader. Then open the notebooks
+with `.venv/bin/jupyter lab course/lora`. On Windows, work inside WSL: the notebooks' test cells
+run anywhere, but the self-check below runs on Linux and macOS.
+
+## Check your work
+
+Each test cell in a notebook checks the answer above it: run it after your cell. To check every
+notebook at once and see your points:
+
+```sh
+.venv/bin/pytest autograder
+```
+
+`.venv/bin/pytest autograder -k 02` checks one notebook. A failed check says what was expected,
+what your code gave, and what to look at next.
+
+## What to hand in
+
+The five notebooks in `course/lora/`, with your answers, in the way your instructor says
+(nbgrader's exchange, JupyterHub, or an upload). Keep their names, and do not edit or delete the
+test cells. Your instructor grades the same checks on further hidden cases (other sizes and
+seeds, never other requirements), plus the written answers.
+"""
+
+
+def build(repo: Path, out: Path) -> Path:
+    """Write the bundle into out/lora-course/ and out/lora-course.zip; return the zip's path."""
+    folder = out / "lora-course"
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(repo / "course" / "lora", folder / "course" / "lora",
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    shutil.copytree(repo / "autograder", folder / "autograder", ignore=shutil.ignore_patterns("__pycache__"))
+    (folder / "pytest.ini").write_text(pytest_ini(repo / "pyproject.toml"))
+    wheel = build_student_wheel(repo, folder)
+    (folder / "README.md").write_text(STUDENT_README.format(wheel=wheel.name))
+    return Path(shutil.make_archive(str(folder), "zip", out, folder.name))
+
+
+def pytest_ini(pyproject: Path) -> str:
+    """The repository's pytest configuration, as a pytest.ini: `pytest autograder` runs the same."""
+    options = tomllib.loads(pyproject.read_text())["tool"]["pytest"]["ini_options"]
+    lines = ["[pytest]"]
+    for key, value in options.items():
+        if isinstance(value, list):
+            value = "".join(f"\n    {item}" for item in value)
+        lines.append(f"{key} = {value}")
+    return "\n".join(lines) + "\n"
+
+
+def build_student_wheel(repo: Path, folder: Path) -> Path:
+    """The grader's wheel, built from a copy of the package without its hidden cases."""
+    with tempfile.TemporaryDirectory() as scratch:
+        source = Path(scratch) / "source"
+        shutil.copytree(repo / "lora_grader", source / "lora_grader",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", HIDDEN_MODULE.name))
+        shutil.copy(repo / "pyproject.toml", source)
+        (source / "README.md").write_text(STUDENT_README.format(wheel="the wheel"))  # the wheel's description
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                        "--wheel-dir", str(folder), str(source)], check=True)
+    [wheel] = folder.glob("*.whl")  # the folder was empty
+    return wheel
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="lora-bundle", description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", type=Path, default=Path.cwd(), help="the course repository (default: here)")
+    parser.add_argument("--out", type=Path, default=Path("dist"), help="where to write it (default: dist)")
+    args = parser.parse_args(argv)
+    if not (args.repo / HIDDEN_MODULE).exists():
+        parser.error(f"{args.repo.resolve()} is not the course repository (no {HIDDEN_MODULE})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    archive = build(args.repo.resolve(), args.out.resolve())
+    print(f"student bundle: {archive.with_suffix('')}/ and {archive}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""The student bundle (`lora-bundle`) holds no answers, and works on its own in a fresh venv."""
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from catalogue import complete_submission
+from lora_grader.bundle import HIDDEN_MODULE, build, main
+from lora_grader.checks import NOTEBOOKS
+
+ROOT = Path(__file__).resolve().parents[1]
+# Solution lines the grader must hold too: notebook 05's verdicts build the expected model by
+# freezing it and unfreezing the trainable modules, and the feedback names that step. Neither says
+# how to wrap the targets, which is the task.
+IDIOMS_THE_GRADER_NEEDS = {"model.requires_grad_(False)", "model.get_submodule(name).requires_grad_(True)"}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return build(ROOT, tmp_path_factory.mktemp("bundle"))
+
+
+def _members(name: str, data: bytes):
+    """(path, text) of a file, and of every file inside it when it is a zip (the wheel too)."""
+    if name.endswith((".zip", ".whl")):
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            for member in archive.namelist():
+                yield from _members(f"{name}!{member}", archive.read(member))
+        return
+    text = data.decode("utf-8", errors="replace")
+    if name.endswith(".ipynb"):  # the cells' sources as written, not JSON-escaped
+        text += "\n".join("".join(cell["source"]) for cell in json.loads(text)["cells"])
+    yield name, text
+
+
+def _bundle_files(bundle: Path) -> dict[str, str]:
+    files = {}
+    for path in [bundle, *bundle.with_suffix("").rglob("*")]:
+        if path.is_file():
+            files.update(_members(str(path.relative_to(bundle.parent)), path.read_bytes()))
+    return files
+
+
+def _lines(text: str) -> set[str]:
+    return {line.strip() for line in text.splitlines()}
+
+
+def _leaks(files: dict[str, str], lines: set[str]) -> list[str]:
+    """Each line of `lines` that is a line of a file in the bundle."""
+    return sorted(f"{name}: {line!r}" for name, text in files.items() for line in _lines(text) & lines)
+
+
+def _given() -> set[str]:
+    """Lines the released notebooks hold anyway (the given code, the task statements)."""
+    return {line for path in (ROOT / "course" / "lora").glob("*.ipynb")
+            for cell in json.loads(path.read_text())["cells"] for line in _lines("".join(cell["source"]))}
+
+
+def _solution_lines() -> set[str]:
+    """Every substantive line a student writes: the solution regions of solution cells (all of
+    a written answer), without the lines the released notebooks give anyway."""
+    lines = set()
+    for path in (ROOT / "solutions" / "lora").glob("*.ipynb"):
+        for cell in json.loads(path.read_text())["cells"]:
+            if not cell["metadata"].get("nbgrader", {}).get("solution"):
+                continue
+            source = "".join(cell["source"])
+            regions = re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", source, re.S) or [source]
+            lines |= {line for region in regions for line in _lines(region)}
+    return {line for line in lines - _given() - IDIOMS_THE_GRADER_NEEDS if len(line) >= 12}
+
+
+def test_bundle_holds_notebooks_self_check_readme_and_a_wheel(bundle):
+    folder = bundle.with_suffix("")
+    assert sorted(p.name for p in (folder / "course" / "lora").glob("*.ipynb")) == \
+        sorted(n.filename for n in NOTEBOOKS.values())
+    assert (folder / "autograder" / "conftest.py").exists() and (folder / "pytest.ini").exists()
+    [wheel] = folder.glob("lora_course-*.whl")
+    assert wheel.name in (folder / "README.md").read_text()
+    with zipfile.ZipFile(bundle) as archive:
+        assert {name.split("/", 1)[1] for name in archive.namelist() if not name.endswith("/")} == \
+            {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_bundle_holds_no_solution_text(bundle):
+    lines = _solution_lines()
+    assert len(lines) > 50, "the scan found too few solution lines to mean anything"
+    assert not _leaks(_bundle_files(bundle), lines)
+
+
+def test_bundle_holds_no_hidden_cases(bundle):
+    files = _bundle_files(bundle)
+    assert not [name for name in files if name.endswith(HIDDEN_MODULE.name)]
+    assert not _hidden_leaks(files)
+
+
+def _hidden_leaks(files: dict[str, str]) -> list[str]:
+    """Each line of hidden.py that holds a number, found anywhere in a file (not only as a line)."""
+    values = {line for line in _lines((ROOT / HIDDEN_MODULE).read_text()) if re.search(r"\d", line) and len(line) >= 12}
+    assert len(values) > 20
+    return sorted(f"{name}: {value!r}" for name, text in files.items() for value in values if value in text)
+
+
+def test_bundle_holds_no_catalogue_and_no_solutions(bundle):
+    files = _bundle_files(bundle)
+    assert not [name for name in files if re.search(r"(^|/|!)(solutions|tests|catalogue)/", name)]
+    assert not _leaks(files, _catalogue_lines())
+
+
+def _catalogue_lines() -> set[str]:
+    """The catalogue's own lines: not those it shares with the release or the student's grader."""
+    catalogue = {line for path in (ROOT / "tests" / "catalogue").glob("*.py")
+                 for line in _lines(path.read_text()) if len(line) >= 20}
+    given = _given().union(*(_lines(path.read_text()) for path in (ROOT / "lora_grader").rglob("*.py")
+                             if path.name != HIDDEN_MODULE.name))
+    distinctive = catalogue - given
+    assert len(distinctive) > 50
+    return distinctive
+
+
+def test_the_scan_finds_answers_where_they_are():
+    for path in (ROOT / "solutions" / "lora").glob("*.ipynb"):
+        assert _leaks(dict(_members(path.name, path.read_bytes())), _solution_lines()), path.name
+    assert _hidden_leaks({"hidden.py": (ROOT / HIDDEN_MODULE).read_text()})
+    catalogue = {path.name: path.read_text() for path in (ROOT / "tests" / "catalogue").glob("nb*.py")}
+    assert all(_leaks({name: text}, _catalogue_lines()) for name, text in catalogue.items())
+
+
+def test_student_install_has_no_hidden_cases_and_says_so(bundle, tmp_path):
+    [wheel] = bundle.with_suffix("").glob("*.whl")
+    zipfile.ZipFile(wheel).extractall(tmp_path)
+    script = (
+        "from lora_grader import check\n"
+        "from lora_grader.checks import NOTEBOOKS, checks_of\n"
+        "from lora_grader.checks.core import CheckFailed\n"
+        "assert all(c.hidden_cases is None and c.all_cases == c.cases for k in NOTEBOOKS for c in checks_of(k))\n"
+        "try:\n"
+        "    check('01', 'silent_failure_case', {}, hidden=True)\n"
+        "except CheckFailed as failure:\n"
+        "    print(failure)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, check=True)
+    assert "graded by your instructor" in done.stdout
+
+
+def test_the_command_refuses_a_folder_that_is_not_the_repository(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["--repo", str(tmp_path), "--out", str(tmp_path / "dist")])
+    assert "is not the course repository" in capsys.readouterr().err
+    assert not (tmp_path / "dist").exists()
+
+
+def test_instructor_install_keeps_every_hidden_case():
+    from lora_grader.checks import checks_of
+    assert all(check.hidden_cases for key in NOTEBOOKS for check in checks_of(key))
+
+
+# --- the clean room: the zip, a fresh venv, the student README and nothing else ---------------
+
+def _readme_commands(readme: str, section: str) -> list[str]:
+    body = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
+    [block] = re.findall(r"```sh\n(.*?)```", body, re.S)
+    return block.splitlines()
+
+
+@pytest.mark.slow
+def test_bundle_works_alone_in_a_fresh_venv(bundle, tmp_path):
+    room = tmp_path / "room"
+    zipfile.ZipFile(bundle).extractall(room)
+    folder = room / "lora-course"
+    readme = (folder / "README.md").read_text()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != Path(sys.prefix) / "bin")
+
+    def run(command: str, check=True) -> subprocess.CompletedProcess:
+        return subprocess.run(command, shell=True, cwd=folder, env=env, capture_output=True, text=True,
+                              check=check)
+
+    make_venv, install = _readme_commands(readme, "Set up")
+    run(make_venv.replace("python ", f"{sys.base_prefix}/bin/python3 ", 1))  # a Python outside any venv
+    run(".venv/bin/pip install --quiet torch==2.13.0")  # as CI: the CPU build on this machine's disk
+    run(install)
+    where = run(".venv/bin/python -c " + shlex.quote(
+        "import importlib.util, lora_grader; print(lora_grader.__file__); "
+        "assert importlib.util.find_spec('lora_grader.checks.hidden') is None"))
+    assert Path(where.stdout.strip()).is_relative_to(folder / ".venv")
+    [self_check] = _readme_commands(readme, "Check your work")
+
+    untouched = run(self_check, check=False)
+    assert untouched.returncode == 1, untouched.stdout[-3000:] + untouched.stderr[-3000:]
+    assert "LoRA course: points" in untouched.stdout
+    assert re.search(r"total\D+0 */", untouched.stdout, re.I), untouched.stdout[-2000:]
+    assert str(ROOT) not in untouched.stdout
+
+    for key, notebook in NOTEBOOKS.items():
+        nbformat.write(nbformat.from_dict(complete_submission(key)), folder / "course" / "lora" / notebook.filename)
+    solved = run(self_check, check=False)
+    assert solved.returncode == 0, solved.stdout[-3000:]
+    assert "failed" not in solved.stdout.splitlines()[-1]
+
+    # The test cells in a kernel of the bundle's venv: every one passes on the complete notebook.
+    path = folder / "course" / "lora" / NOTEBOOKS["01"].filename
+    tests = [cell for cell in nbformat.read(path, as_version=4).cells
+             if cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("grade")]
+    executed = run(".venv/bin/python -c " + shlex.quote(RUN_NOTEBOOK) + f" {shlex.quote(str(path))}")
+    assert executed.stdout.count("✓") == len(tests) == 4, executed.stdout + executed.stderr[-3000:]
+
+
+RUN_NOTEBOOK = """
+import sys, nbformat
+from nbclient import NotebookClient
+notebook = nbformat.read(sys.argv[1], as_version=4)
+NotebookClient(notebook, timeout=120, kernel_name="python3").execute()
+print("".join(output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])))
+"""
