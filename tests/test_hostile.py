@@ -402,7 +402,7 @@ USES_MEMORY_IN_MANY_PROCESSES = """
 import os, time
 for _ in range(4):
     if os.fork() == 0:
-        block = bytearray(400 * 2**20)
+        block = bytearray(700 * 2**20)
         for i in range(0, len(block), 4096):
             block[i] = 1
         time.sleep(30)
@@ -431,7 +431,7 @@ ESCAPE_CODES = ('    raise type("Bad\\x1b[31mError", (Exception,), {{}})("\\x1b[
 RETURNS_A_HUGE_TENSOR = "    return torch.zeros(3000, 3000)\n"  # 36 MB: more than any check reads
 
 # The limits the batch runs under: low enough to cross quickly, far above what a notebook needs.
-BATCH_LIMITS = {"memory": 2**30, "disk": 100 * 2**20, "files": 2000, "forks": 16}
+BATCH_LIMITS = {"memory": 2 * 2**30, "disk": 100 * 2**20, "files": 2000, "forks": 16}
 
 
 def _unreadable_cases(key: str) -> list[Case]:
