@@ -118,3 +118,21 @@ def write_submission(entry: Entry, folder: Path, keep_demos: bool = True) -> Pat
     path = folder / NOTEBOOKS[entry.notebook].filename
     path.write_text(json.dumps(notebook, indent=1))
     return path
+
+
+ALL = "*"  # in a `fails` mapping: every check of the notebook
+
+
+def unexpected_verdicts(results, fails: dict) -> list[str]:
+    """What differs from `fails` (check name, or ALL, -> words its message must contain; every
+    other check must pass), one line per check."""
+    problems = []
+    for result in results:
+        words = fails.get(ALL, fails.get(result.check.name))
+        if words is None and not result.passed:
+            problems.append(f"{result.check.name} should pass but failed: {result.message}")
+        elif words is not None and result.passed:
+            problems.append(f"{result.check.name} passed (expected a failure saying {words!r})")
+        elif words is not None and words.lower() not in result.message.lower():
+            problems.append(f"{result.check.name}'s feedback does not say {words!r}:\n{result.message}")
+    return problems
