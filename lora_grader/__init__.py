@@ -6,7 +6,7 @@ def check(notebook: str, name: str, namespace, hidden: bool = False) -> None:
     passes `globals()`). Raises CheckFailed with feedback; prints a line when it passes."""
     __tracebackhide__ = True
     from lora_grader.checks import checks_of
-    from lora_grader.checks.core import run_check
+    from lora_grader.verdicts.core import run_check
 
     by_name = {c.name: c for c in checks_of(notebook)}
     run_check(by_name[name], namespace, hidden=hidden)

@@ -2,7 +2,9 @@
 
 The bundle holds the released notebooks (nbgrader has stripped their solutions and hidden tests),
 the self-check `autograder/` with its pytest configuration, a README for students, and the grader
-as a wheel built without lora_grader/checks/hidden.py. Run it from the course repository.
+as a wheel built without lora_grader/checks/hidden.py (the hidden cases) and lora_grader/answers/
+(the code that computes expected values): in their place it ships the visible cases' expected
+values as data. Run it from the course repository.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import tomllib
 from pathlib import Path
 
 HIDDEN_MODULE = Path("lora_grader") / "checks" / "hidden.py"
+ANSWERS_PACKAGE = Path("lora_grader") / "answers"
 
 STUDENT_README = """\
 # LoRA, from the bug to the merge: your notebooks
@@ -81,17 +84,30 @@ def pytest_ini(pyproject: Path) -> str:
 
 
 def build_student_wheel(repo: Path, folder: Path) -> Path:
-    """The grader's wheel, built from a copy of the package without its hidden cases."""
+    """The grader's wheel, built from a copy of the package without its hidden cases and answers,
+    with the visible cases' expected values as data."""
     with tempfile.TemporaryDirectory() as scratch:
         source = Path(scratch) / "source"
         shutil.copytree(repo / "lora_grader", source / "lora_grader",
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", HIDDEN_MODULE.name))
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", HIDDEN_MODULE.name, "shipped.pt"))
+        shutil.rmtree(source / ANSWERS_PACKAGE)
+        write_expected_values(source / "lora_grader" / "verdicts" / "shipped.pt")
         shutil.copy(repo / "pyproject.toml", source)
         (source / "README.md").write_text(STUDENT_README.format(wheel="the wheel"))  # the wheel's description
         subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                         "--wheel-dir", str(folder), str(source)], check=True)
     [wheel] = folder.glob("*.whl")  # the folder was empty
     return wheel
+
+
+def write_expected_values(path: Path) -> None:
+    """What every check expects on its visible cases, computed here by the instructor's install."""
+    import torch
+
+    from lora_grader.checks import NOTEBOOKS, checks_of
+    from lora_grader.verdicts.expected import build_table
+
+    torch.save(build_table(check for key in NOTEBOOKS for check in checks_of(key)), path)
 
 
 def main(argv=None) -> None:

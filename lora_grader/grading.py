@@ -161,7 +161,7 @@ class Sandbox:
         return {job_id: results[job_id] for job_id in jobs}
 
     def _judge(self, job_id: str, key: str, record, unreadable: str | None) -> list[CheckResult]:
-        from lora_grader.checks.core import CheckFailed, judge
+        from lora_grader.verdicts.core import CheckFailed, judge
 
         if unreadable:
             return [CheckResult(key, check, printable(unreadable)) for check in checks_of(key)]

@@ -140,7 +140,7 @@ def test_student_install_has_no_hidden_cases_and_says_so(bundle, tmp_path):
     script = (
         "from lora_grader import check\n"
         "from lora_grader.checks import NOTEBOOKS, checks_of\n"
-        "from lora_grader.checks.core import CheckFailed\n"
+        "from lora_grader.verdicts.core import CheckFailed\n"
         "assert all(c.hidden_cases is None and c.all_cases == c.cases for k in NOTEBOOKS for c in checks_of(k))\n"
         "try:\n"
         "    check('01', 'silent_failure_case', {}, hidden=True)\n"

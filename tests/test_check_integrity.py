@@ -15,7 +15,8 @@ from catalogue import BUGS, ROOT, complete_submission, write_submission
 from catalogue import Entry
 from in_kernel import forked, run_cells
 from lora_grader.checks import NOTEBOOKS, checks_of
-from lora_grader.checks.core import CheckFailed, count_flops_and_largest, run_check
+from lora_grader.checks.core import count_flops_and_largest
+from lora_grader.verdicts.core import CheckFailed, run_check
 from lora_grader.grading import Sandbox
 
 # How each task is called by its checks: a candidate whose signature cannot take the call

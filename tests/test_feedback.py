@@ -2,7 +2,7 @@
 feedback page, both of which show what `_render_traceback_` returns."""
 import re
 
-from lora_grader.checks.core import CheckFailed, wrapped
+from lora_grader.verdicts.core import CheckFailed, wrapped
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from lora_grader.checks.core import count_flops, matmul_flops
+from lora_grader.answers.shared import matmul_flops
+from lora_grader.checks.core import count_flops
 from lora_grader.checks.nb02 import expected_flops
 
 SHAPES = [(1, 4096, 4096, 8), (10, 64, 32, 4), (3, 7, 5, 1), (512, 768, 3072, 16)]

@@ -838,7 +838,7 @@ import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
 import torch
 from lora_grader.checks import NOTEBOOKS, checks_of
-from lora_grader.checks.core import CheckFailed, judge
+from lora_grader.verdicts.core import CheckFailed, judge
 
 huge = 60_000
 junk = [None, {}, [], huge, "x" * 10_000, {"kind": "int", "value": huge * huge},

@@ -1,10 +1,11 @@
-"""What a check is: a probe that runs student code, and a verdict that judges what it returned.
+"""What a check is, and the probe side of it: everything the sandbox needs to run student code.
 
-The probe builds its own inputs, calls the student's code and returns only plain data
-(tensors, numbers, strings, lists, dicts). The verdict rebuilds the same inputs, computes the
-expected values itself in float64, and raises `CheckFailed` with feedback when the data is
-wrong. `pytest autograder` runs probes in a sandboxed child process and verdicts in its own;
-an nbgrader test cell runs both in the kernel with `run_check`. Either way it is the same code.
+A check is a probe and a verdict. The probe (here and in the notebook's module) builds its own
+inputs, calls the student's code and returns only plain data (tensors, numbers, strings, lists,
+dicts). The verdict (lora_grader.verdicts) judges that data against expected values that
+lora_grader.answers computes in the instructor's install. This module and the notebooks' check
+modules hold inputs and probes only: the sandbox imports them, and nothing here computes what a
+student's code should return.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import dataclasses
 import importlib
 import linecache
 import os
-import textwrap
 import traceback
 from typing import Any, Callable, Mapping
 
@@ -22,25 +22,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
-
-
-class CheckFailed(AssertionError):
-    """A failed check. Its message is the feedback a student reads."""
-
-    def _render_traceback_(self) -> list[str]:
-        # IPython shows these lines instead of a traceback, in the notebook and in the error
-        # output that nbgrader keeps for its feedback: the hint alone, no path of the grader,
-        # in lines short enough that the feedback page does not cut them off at its right edge.
-        return [f"\x1b[1;31m{type(self).__name__}\x1b[0m: " + wrapped(str(self))]
-
-
-def wrapped(message: str, width: int = 100) -> str:
-    """A message in lines of at most `width` characters, each continuation indented like its line."""
-    lines = []
-    for line in message.splitlines():
-        indent = line[: len(line) - len(line.lstrip())]
-        lines.extend(textwrap.wrap(line, width, subsequent_indent=indent + "  ", break_on_hyphens=False) or [""])
-    return "\n".join(lines)
 
 
 class ProbeError(Exception):
@@ -58,11 +39,15 @@ class Check:
     task: str  # the name the student defines, e.g. "lora_update"
     points: int
     probe: Callable[[Mapping[str, Any], Case], dict]
-    verdict: Callable[[Case, dict], None]
+    verdict: str  # "module:function" in lora_grader.verdicts: verdict(case, expected, data)
     cases: tuple[Case, ...]
     hidden_cases: tuple[Case, ...] | None = ()  # None in a student's install: see hidden_cases_of
-    # Turns an exception raised by the student's code into the likely cause, or None.
-    explain_error: Callable[[Case, Outcome], str | None] = lambda case, outcome: None
+    # "module:function" in lora_grader.verdicts that turns an exception raised by the student's
+    # code into the likely cause, or None.
+    explain: str | None = None
+    # "module:function" in lora_grader.answers: expect(case) -> the plain data the verdict compares
+    # against. Named, never imported here: the sandbox must not hold it.
+    expect: str | None = None
 
     @property
     def all_cases(self) -> tuple[Case, ...]:
@@ -207,124 +192,7 @@ def _short_repr(value) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-# --- judging ---------------------------------------------------------------------------------
-
-def judge(check: Check, cases, outcomes: list[Outcome], notes: str = "") -> None:
-    """Raise CheckFailed with feedback unless every case's outcome passes the verdict."""
-    if not outcomes:
-        raise CheckFailed(f"no result came back for `{check.task}`{notes}")
-    for case, outcome in zip(cases, outcomes):
-        status = outcome.get("status") if isinstance(outcome, dict) else None
-        if status != "ok":
-            # cell errors explain a missing name or a dead process, and are noise otherwise
-            context = notes if status in ("undefined", "crashed", "timeout") else ""
-            raise CheckFailed(_explain_status(check, case, outcome) + context)
-        try:
-            check.verdict(case, outcome["data"])
-        except CheckFailed:
-            raise
-        except Exception as error:  # data that is not what the probe returns: someone tampered
-            raise CheckFailed(
-                f"the grader could not read what `{check.task}` produced "
-                f"({type(error).__name__}: {error})"
-            ) from None
-    if len(outcomes) < len(cases):
-        raise CheckFailed(f"only {len(outcomes)} of {len(cases)} results came back for `{check.task}`")
-
-
-# Exceptions whose cause is the same whichever function raised them.
-_GENERIC_HINTS = {
-    "SystemExit": "exit(), sys.exit() and os._exit() end the whole program: a function should return its result",
-    "EOFError": "input() gets no answer when the autograder calls your code: take values as arguments",
-}
-
-
-def _explain_status(check: Check, case: Case, outcome) -> str:
-    status = outcome.get("status") if isinstance(outcome, dict) else None
-    task = f"`{check.task}`"
-    if status == "undefined":
-        return f"{task} is not defined: run the cell that defines it (or restore it if it was deleted)."
-    if status == "not_implemented":
-        return f"{task} is not implemented yet (it still raises NotImplementedError)."
-    if status == "probe":
-        return f"{outcome.get('message')} ({describe(case)})"
-    if status == "raised":
-        where = f" at {outcome['where']}" if outcome.get("where") else ""
-        text = f"{task} raised {outcome.get('type')}{where}: {outcome.get('message')} ({describe(case)})"
-        hint = check.explain_error(case, outcome) or _GENERIC_HINTS.get(outcome.get("type"))
-        return text + (f"\n  Likely cause: {hint}" if hint else "")
-    if status in ("timeout", "crashed"):
-        return f"{task}: {outcome.get('message')}"
-    return f"{task}: unreadable result from the sandbox"
-
-
-def describe(case: Case) -> str:
-    """A case in the words a student knows: 'in_features=24, out_features=40, rank=4, x (5, 24)'."""
-    parts = []
-    for key, value in case.items():
-        if key == "seed":
-            continue
-        if key.endswith("_shape"):
-            parts.append(f"{key[:-6]} of shape {tuple(value)}")
-        else:
-            parts.append(f"{key}={value}")
-    return ", ".join(parts)
-
-
-def fail(message: str, case: Case | None = None):
-    raise CheckFailed(message + (f"\n  Probe: {describe(case)}" if case else ""))
-
-
-def shape_str(shape) -> str:
-    return str(tuple(shape))
-
-
-def expect_tensor(data: dict, what: str, case: Case) -> torch.Tensor:
-    """The tensor inside a `returned` description, or a failure naming what came back instead."""
-    if data.get("kind") != "tensor":
-        seen = data.get("value", data.get("repr", data.get("kind")))
-        fail(f"{what} should be a tensor, but it is a {data.get('kind')}: {seen}", case)
-    if data.get("subclass"):
-        fail(f"{what} is a {data['subclass']}, a tensor subclass: return a plain torch.Tensor", case)
-    return data["tensor"]
-
-
-def max_error(seen: torch.Tensor, expected: torch.Tensor) -> float:
-    return (seen.double() - expected.double()).abs().max().item() if seen.numel() else 0.0
-
-
-def is_close(seen: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> bool:
-    """float32 results against a float64 reference, with a tolerance scaled to the values' size."""
-    if seen.shape != expected.shape or not torch.isfinite(seen).all():
-        return False
-    expected = expected.double()
-    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
-    return bool(((seen.double() - expected).abs() <= rtol * scale + rtol * expected.abs()).all())
-
-
-def numbers(tensor: torch.Tensor, count: int = 4) -> str:
-    """The first few numbers of a tensor, for feedback."""
-    values = tensor.detach().double().flatten()[:count].tolist()
-    return "[" + ", ".join(f"{value:.4g}" for value in values) + (", ...]" if tensor.numel() > count else "]")
-
-
-def fit_scale(seen: torch.Tensor, expected: torch.Tensor) -> float | None:
-    """The factor c that best explains seen ≈ c·expected, if one does (to spot wrong scalings)."""
-    seen, expected = seen.double().flatten(), expected.double().flatten()
-    norm = (expected @ expected).item()
-    if seen.shape != expected.shape or norm == 0.0:
-        return None
-    factor = (seen @ expected).item() / norm
-    residual = (seen - factor * expected).norm().item()
-    return factor if residual <= 1e-4 * max(1.0, seen.norm().item()) else None
-
-
-def matmul_flops(m: int, n: int, p: int) -> int:
-    """FLOPs of an (m, n) @ (n, p) product as FlopCounterMode counts them: 2 per multiply-add.
-    The verdicts use this rather than FlopCounterMode, whose first use costs seconds;
-    tests/test_flop_reference.py checks that the two agree."""
-    return 2 * m * n * p
-
+# --- measuring ---------------------------------------------------------------------------
 
 def count_flops(function, *tensors) -> int:
     """FLOPs of function(*tensors) as FlopCounterMode counts them (2 per multiply-add)."""
@@ -438,18 +306,17 @@ def base_linear(in_features: int, out_features: int, seed: int) -> torch.nn.Line
     return layer
 
 
-# --- the nbgrader side -----------------------------------------------------------------------
+# Transitional: check modules not yet split into probe and verdict still import the judging
+# helpers from here. Removed once every notebook's verdicts live in lora_grader.verdicts.
+_MOVED = {"CheckFailed", "fail", "describe", "shape_str", "expect_tensor", "max_error", "is_close", "numbers",
+          "fit_scale", "judge", "run_check", "wrapped"}
 
-def run_check(check: Check, namespace: Mapping[str, Any], hidden: bool = False) -> None:
-    """Probe and judge in this process: what an nbgrader test cell (or a student) calls."""
-    __tracebackhide__ = True
-    if hidden and check.hidden_cases is None:
-        raise CheckFailed(f"{check.name}: hidden cases are graded by your instructor; "
-                          "this install of lora_grader holds only the visible ones")
-    cases = check.hidden_cases if hidden else check.cases
-    try:
-        judge(check, cases, collect(check, namespace, cases))
-    except CheckFailed as failure:
-        raise CheckFailed(str(failure)) from None
-    kind = "hidden case" if hidden else "case"
-    print(f"✓ {check.name}: {len(cases)} {kind}{'s' if len(cases) != 1 else ''} passed")
+
+def __getattr__(name):
+    if name in _MOVED:
+        from lora_grader.verdicts import core as verdicts_core
+        return getattr(verdicts_core, name)
+    if name == "matmul_flops":
+        from lora_grader.answers.shared import matmul_flops
+        return matmul_flops
+    raise AttributeError(name)

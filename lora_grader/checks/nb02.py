@@ -1,9 +1,12 @@
-"""Checks for notebook 02: LoRALinear with nn.Parameter adapters, and the FLOPs of both orders."""
+"""Checks for notebook 02: LoRALinear with nn.Parameter adapters, and the FLOPs of both orders.
+
+Inputs and probes only (the sandbox imports this); the verdicts are in lora_grader.verdicts.nb02
+and the expected values in lora_grader.answers.nb02.
+"""
 from __future__ import annotations
 
 from lora_grader.checks import layer
-from lora_grader.checks.core import Check, fail, matmul_flops, returned
-from lora_grader.checks.core import hidden_cases_of
+from lora_grader.checks.core import Check, hidden_cases_of, returned
 
 MANUAL_POINTS: dict[str, int] = {}
 
@@ -23,37 +26,6 @@ def _probe_lora_flops(namespace, case):
     ))
 
 
-def expected_flops(case) -> int:
-    """FLOPs of the case's LoRA branch as FlopCounterMode counts them (read from the case, so
-    that nothing here can stand in for the student's lora_flops)."""
-    N, d, k, r = (case[key] for key in ("num_tokens", "in_features", "out_features", "rank"))
-    if case["materialize"]:  # x @ (A @ B)
-        return matmul_flops(d, r, k) + matmul_flops(N, d, k)
-    return matmul_flops(N, d, r) + matmul_flops(N, r, k)
-
-
-def _verdict_lora_flops(case, data):
-    N, d, k, r, materialize = (case[key] for key in
-                               ("num_tokens", "in_features", "out_features", "rank", "materialize"))
-    call = f"lora_flops({N}, {d}, {k}, {r}, materialize={materialize})"
-    if data["kind"] != "int":
-        seen = data.get("value", data.get("repr"))
-        hint = " (use int(...) or integer arithmetic)" if data["kind"] == "float" else ""
-        fail(f"{call} returned a {data['kind']} ({seen}) but should return an int{hint}")
-    expected = expected_flops(case)
-    if data["value"] != expected:
-        cause = {
-            N * r * (d + k): "multiply-adds: FlopCounterMode counts 2 FLOPs for each",
-            2 * N * r * (d + k): "the factored order; materialize=True forms A @ B first",
-            2 * d * r * k + 2 * N * d * k: "the materialized order; materialize=False is x @ A, then @ B",
-            2 * d * r * k: "only A @ B, without the product with x",
-            2 * N * d * k: "only x @ (A @ B): forming A @ B, an (in, rank) @ (rank, out) product, costs FLOPs too",
-            d * r * k + N * d * k: "multiply-adds of the materialized order: count 2 FLOPs each",
-        }.get(data["value"])
-        why = f"that looks like {cause}" if cause else "count 2·m·n·p for each (m×n) @ (n×p) product"
-        fail(f"{call} returned {data['value']:,} but FlopCounterMode counts {expected:,}: {why}")
-
-
 def _flop_cases(materialize, shapes):
     return tuple(
         {"num_tokens": N, "in_features": d, "out_features": k, "rank": r, "materialize": materialize}
@@ -63,8 +35,10 @@ def _flop_cases(materialize, shapes):
 
 HIDDEN = hidden_cases_of("nb02", _flop_cases)
 CHECKS = layer.layer_checks(LAYOUT, layer.CASES, layer.HIDDEN_CASES, POINTS) + (
-    Check("lora_flops_factored", "lora_flops", 2, _probe_lora_flops, _verdict_lora_flops,
-          _flop_cases(False, [(10, 64, 32, 4), (1, 4096, 4096, 8)]), HIDDEN["factored"]),
-    Check("lora_flops_materialized", "lora_flops", 1, _probe_lora_flops, _verdict_lora_flops,
-          _flop_cases(True, [(10, 64, 32, 4), (1, 4096, 4096, 8)]), HIDDEN["materialized"]),
+    Check("lora_flops_factored", "lora_flops", 2, _probe_lora_flops, "lora_grader.verdicts.nb02:lora_flops",
+          _flop_cases(False, [(10, 64, 32, 4), (1, 4096, 4096, 8)]), HIDDEN["factored"],
+          expect="lora_grader.answers.nb02:lora_flops"),
+    Check("lora_flops_materialized", "lora_flops", 1, _probe_lora_flops, "lora_grader.verdicts.nb02:lora_flops",
+          _flop_cases(True, [(10, 64, 32, 4), (1, 4096, 4096, 8)]), HIDDEN["materialized"],
+          expect="lora_grader.answers.nb02:lora_flops"),
 )
