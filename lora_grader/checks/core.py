@@ -316,7 +316,10 @@ def __getattr__(name):
     if name in _MOVED:
         from lora_grader.verdicts import core as verdicts_core
         return getattr(verdicts_core, name)
-    if name == "matmul_flops":
-        from lora_grader.answers.shared import matmul_flops
+    if name == "matmul_flops":  # not from lora_grader.answers: the student wheel has none
+
+        def matmul_flops(m: int, n: int, p: int) -> int:
+            return 2 * m * n * p
+
         return matmul_flops
     raise AttributeError(name)
