@@ -37,7 +37,11 @@ c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKern
 c.GenerateFeedback.preprocessors = [GetGrades, CSSHTMLHeaderPreprocessor, ClearHiddenTests]
 
 # nbgrader's exchange (`nbgrader release_assignment`, `collect`) lives in the course folder by
-# default, so the Formgrader finds it. On a shared JupyterHub, point every user's configuration
-# at one folder all of them can write to instead, e.g. /srv/nbgrader/exchange.
-c.Exchange.root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exchange")
-os.makedirs(c.Exchange.root, exist_ok=True)
+# default, so the Formgrader finds it. On a shared JupyterHub every user meets in one folder, which
+# the hub names in LORA_EXCHANGE (deploy/jupyterhub/): this file is read last, so it must not
+# override it.
+if os.environ.get("LORA_EXCHANGE"):
+    c.Exchange.root = os.environ["LORA_EXCHANGE"]
+else:
+    c.Exchange.root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exchange")
+    os.makedirs(c.Exchange.root, exist_ok=True)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import copy
+import os
 
+from nbgrader.exchange.default.submit import ExchangeSubmit
 from nbgrader.preprocessors import ClearHiddenTests, OverwriteCells
 
 
@@ -35,3 +37,17 @@ class OverwriteChangedCells(OverwriteCells):
         released.source = source.source
         ClearHiddenTests(enforce_metadata=False)._remove_hidden_test_region(released)
         return cell.source == released.source
+
+
+
+class PrivateSubmit(ExchangeSubmit):
+    """nbgrader's submit, leaving the submission writable by its author only.
+
+    nbgrader makes each submission folder in the exchange's inbound/ 0777 "so the instructor can
+    delete later", hidden only by the random part of its name: whoever learns the name (a shared
+    screen, a log) could delete or replace another student's notebooks. The instructor collects by
+    reading, which 0755 allows."""
+
+    def copy_files(self):
+        super().copy_files()
+        os.chmod(os.path.join(self.inbound_path, self.assignment_filename), 0o755)
