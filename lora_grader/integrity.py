@@ -32,6 +32,9 @@ _MODULES = {
     "socket": "imports socket (network)",
     "fcntl": "imports fcntl (raw file descriptors)",
     "importlib": "imports importlib (imports by computed name)",
+    "base64": "imports base64 (text that can hide code)",
+    "codecs": "imports codecs (text that can hide code)",
+    "marshal": "imports marshal (code objects from bytes)",
 }
 _ATTRIBUTES = {
     "modules": "reads sys.modules",
@@ -43,6 +46,10 @@ _ATTRIBUTES = {
     "f_locals": "reads another frame's variables (f_locals)",
     "f_globals": "reads another frame's globals (f_globals)",
     "tb_frame": "reads a traceback's frame",
+    "gi_frame": "reads a generator's frame (gi_frame)",
+    "cr_frame": "reads a coroutine's frame (cr_frame)",
+    "ag_frame": "reads an async generator's frame (ag_frame)",
+    "fromhex": "decodes hex (bytes.fromhex): text that can hide code",
     "__globals__": "reads a function's globals",
     "__closure__": "reads a function's closure",
     "fork": "starts a process (fork)",
@@ -109,10 +116,20 @@ def _node_flags(node, imported: set[str]):
             yield _BUILTINS["__import__"]
         elif node.func.id in ("setattr", "delattr") and node.args and _root_name(node.args[0]) in imported:
             yield f"{node.func.id} on an imported module ({ast.unparse(node.args[0])[:60]})"
+        elif node.func.id in _RUNS_CODE and node.args and not _is_literal(node.args[0]):
+            # code written out in the cell is scanned like any other; code built at run time is not
+            yield f"runs code built at run time ({node.func.id} of {ast.unparse(node.args[0])[:40]})"
     elif isinstance(node, ast.Constant) and isinstance(node.value, str):
         for pattern, what in _STRINGS:
             if pattern.search(node.value):
                 yield what
+
+
+_RUNS_CODE = ("exec", "eval", "compile")
+
+
+def _is_literal(node) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
 
 
 def _module_flags(name: str):
