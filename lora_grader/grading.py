@@ -294,6 +294,12 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
 
 
+def printable_name(text: str) -> str:
+    """A name a student chose (a folder, a file), on one line: newlines and tabs escaped too, so
+    that it cannot start a line of its own in a summary."""
+    return printable(text).replace("\n", "\\n").replace("\t", "\\t")
+
+
 def _how_notebook_ended(header: dict, cell) -> str:
     """Why a check may have no result, from how the notebook's process ended and where it was."""
     how, code = header.get("how"), header.get("code")

@@ -12,8 +12,8 @@ from lora_grader.checks import NOTEBOOKS
 from lora_grader.classgrade.audit import audit
 from lora_grader.classgrade.grade import (ASSIGNMENT, find_students, grade_class, grader_fingerprint, in_shard,
                                           parse_shard)
-from lora_grader.classgrade.outputs import FEEDBACK, GRADES, RESULTS, merge, read_results, write_outputs
-from lora_grader.grading import SUPPORTED, UNSUPPORTED_MESSAGE, Timeouts
+from lora_grader.classgrade.outputs import FEEDBACK, GRADES, RESULTS, merge, read_results, spreadsheet_safe, write_outputs
+from lora_grader.grading import SUPPORTED, UNSUPPORTED_MESSAGE, Timeouts, printable, printable_name
 from lora_grader.report import first_line
 
 OUT = Path("lora_grading")
@@ -102,7 +102,9 @@ def _summary(run, seconds: float, out: Path) -> str:
                      f"full marks {totals.count(out_of)}, zero {totals.count(0)}")
     looks = {name: s["needs_a_look"] for name, s in students.items() if s["needs_a_look"]}
     lines.append(f"need a look: {len(looks)}" + ("" if looks else " (none)"))
-    lines += [f"  {name}: {reason}" for name, reasons in looks.items() for reason in reasons]
+    # A folder name is the student's to choose: a newline or an escape code in it must not forge
+    # a line of this summary or reach the terminal.
+    lines += [f"  {printable_name(name)}: {printable(reason)}" for name, reasons in looks.items() for reason in reasons]
     lines.append(f"written: {out / GRADES}, {out / RESULTS}, {out / 'feedback' / '<student>' / 'lora' / FEEDBACK}")
     return "\n".join(lines)
 
@@ -120,21 +122,21 @@ def _audit(args) -> int:
     with open(out / "audit.csv", "w", newline="", encoding="utf-8") as file:
         writer = csv.writer(file, lineterminator="\n")
         writer.writerow(["student", "notebook", "task", "nbgrader", "lora-grade", "max", "lora-grade's message"])
-        writer.writerows([d.student, d.notebook, d.task, f"{d.nbgrader:g}", d.ours, d.max, d.message]
-                         for d in disagreements)
+        writer.writerows([spreadsheet_safe(printable_name(d.student)), d.notebook, d.task, f"{d.nbgrader:g}", d.ours, d.max,
+                          spreadsheet_safe(d.message)] for d in disagreements)
     print(f"\naudit against {args.gradebook}: {len(disagreements)} tasks on which nbgrader and lora-grade "
           f"disagree" + (":" if disagreements else " (none)"))
     for d in disagreements:
         why = first_line(d.message) if d.message else "every check of the task passed"
-        print(f"  {d.student}  {d.notebook} {d.task}: nbgrader {d.nbgrader:g}/{d.max}, "
+        print(f"  {printable_name(d.student)}  {d.notebook} {d.task}: nbgrader {d.nbgrader:g}/{d.max}, "
               f"lora-grade {d.ours}/{d.max}: {why}")
     if absent:
-        print(f"not in nbgrader's gradebook ({len(absent)}): {', '.join(absent)}")
+        print(f"not in nbgrader's gradebook ({len(absent)}): {', '.join(map(printable_name, absent))}")
     flagged = [(name, key, line) for name, student in run.students.items()
                for key, notebook in student["notebooks"].items() for line in notebook.get("integrity", [])]
     print(f"integrity reports, for a person to read (not a verdict): {len(flagged)} lines" + (":" if flagged else ""))
     for name, key, line in flagged:
-        print(f"  {name}  {key}: {line}")
+        print(f"  {printable_name(name)}  {key}: {printable(line)}")
     print(f"written: {out / 'audit.csv'}")
     return 0
 
@@ -151,7 +153,7 @@ def _status(args) -> int:
             handed_in = run.students[name]["notebooks"][key]["sha256"] is not None
             autograded = "no" if name in absent else "yes" if handed_in else "missing"
             disagreement = "yes: lora-grade audit" if (name, key) in disagree else "-"
-            print(f"{name:24} {key:8} {autograded:10} {disagreement:22} {', '.join(waiting.get((name, key), [])) or '-'}")
+            print(f"{printable_name(name):24} {key:8} {autograded:10} {disagreement:22} {', '.join(waiting.get((name, key), [])) or '-'}")
     count = sum(map(len, waiting.values()))
     if count or absent:
         print(f"\nwaiting: {count} written answers to grade in the Formgrader"

@@ -11,10 +11,18 @@ from pathlib import Path
 
 from lora_grader.checks import NOTEBOOKS, checks_of
 from lora_grader.classgrade.grade import parse_shard
-from lora_grader.grading import CheckResult
+from lora_grader.grading import CheckResult, printable_name
 from lora_grader.report import points_table
 
 RESULTS, GRADES, FEEDBACK = "results.json", "grades.csv", "lora_grader.md"
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """A CSV cell that a spreadsheet shows as text: a student's folder name such as
+    `=HYPERLINK(...)` would otherwise run as a formula when the instructor opens grades.csv."""
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def feedback_path(out: Path, student: str) -> Path:
@@ -66,8 +74,8 @@ def grades_csv(students: dict) -> str:
     writer.writerow(["student", *(f"{key} {task}" for key, task in columns), "total", "max"])
     for name, student in students.items():
         points = [task_points(student["notebooks"][key], task) for key, task in columns]
-        writer.writerow([name, *(got for got, _ in points), sum(got for got, _ in points),
-                         sum(out_of for _, out_of in points)])
+        writer.writerow([spreadsheet_safe(printable_name(name)), *(got for got, _ in points),
+                         sum(got for got, _ in points), sum(out_of for _, out_of in points)])
     return lines.getvalue()
 
 
