@@ -9,7 +9,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import os
 import re
+import stat
 from pathlib import Path
 
 from tqdm import tqdm
@@ -59,13 +61,29 @@ def grader_fingerprint(timeouts: Timeouts) -> str:
     return digest.hexdigest()
 
 
+def refusal(student: Student, path: Path) -> str:
+    """Why a file named like a notebook is not taken as the student's, or "": only a regular file in
+    the student's own folder counts. A symbolic link (perhaps to another student's work) is never
+    followed, nor is a FIFO or a device read."""
+    folders = [student.folder] + ([student.folder.parent] if student.folder.name == ASSIGNMENT else [])
+    if any(folder.is_symlink() for folder in folders):
+        return "the student's folder is a symbolic link"
+    if path.is_symlink():
+        return f"{path.name} is a symbolic link"
+    try:
+        mode = path.lstat().st_mode
+    except OSError:
+        return ""  # not there: not handed in
+    return "" if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else f"{path.name} is not a regular file"
+
+
 def content_hash(path: Path) -> str | None:
     """sha256 of a handed-in notebook; None when there is no such file."""
     if not path.is_file():  # also a folder or a device named like the notebook
         return None
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as file:
+        with open(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb") as file:
             while block := file.read(1 << 20):
                 digest.update(block)
     except OSError as error:
@@ -82,8 +100,10 @@ def _entry(key: str, digest: str | None, results) -> dict:
     }
 
 
-def _missing(key: str) -> dict:
-    message = f"{NOTEBOOKS[key].filename} was not handed in: notebook {key} scores 0"
+def _missing(key: str, refused: str = "") -> dict:
+    message = (f"{NOTEBOOKS[key].filename} was refused ({refused}; only a regular file is graded): "
+               f"notebook {key} scores 0" if refused else
+               f"{NOTEBOOKS[key].filename} was not handed in: notebook {key} scores 0")
     return {
         "file": NOTEBOOKS[key].filename,
         "sha256": None,
@@ -97,6 +117,8 @@ def needs_a_look(student: Student, notebooks: dict) -> list[str]:
     worth nothing (unreadable, crashed, hung, or never started)."""
     missing = [key for key, entry in notebooks.items() if entry["sha256"] is None]
     reasons = [f"not handed in: {', '.join(missing)}"] if missing else []
+    refused = [reason for key in missing if (reason := refusal(student, student.folder / NOTEBOOKS[key].filename))]
+    reasons += [f"refused, never followed: {reason}" for reason in dict.fromkeys(refused)]
     expected = {notebook.filename for notebook in NOTEBOOKS.values()}
     strays = sorted(path.name for path in student.folder.glob("*.ipynb") if path.name not in expected)
     if missing and strays:
@@ -136,10 +158,11 @@ def grade_class(students: list[Student], previous: dict | None, grader: str, job
     for number, student in enumerate(students):
         for key, notebook in NOTEBOOKS.items():
             path = student.folder / notebook.filename
-            digest = content_hash(path)
+            refused = refusal(student, path)
+            digest = None if refused else content_hash(path)
             before = old.get(student.name, {}).get("notebooks", {}).get(key)
             if digest is None:
-                notebooks[student.name][key] = _missing(key)
+                notebooks[student.name][key] = _missing(key, refused)
                 missing += 1
             elif before and before["sha256"] == digest:
                 notebooks[student.name][key] = before
