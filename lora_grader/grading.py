@@ -83,6 +83,9 @@ class Sandbox:
         self.closed = False
         self.outdir = Path(tempfile.mkdtemp(prefix="lora-grading-"))
         self.integrity: dict[str, Integrity] = {}
+        # Notebooks the sandbox never reported on (it died, or hung past the watchdog): their
+        # verdicts say the grader failed, not the student, and must not be kept as grades.
+        self.unreported: set[str] = set()
         self.run_id = uuid.uuid4().hex  # in the environment of every process of this run, to find strays
         env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
                    LORA_GRADING_RUN=self.run_id)
@@ -136,6 +139,8 @@ class Sandbox:
 
         def judged(job_id: str, record) -> None:
             key = jobs[job_id][0]
+            if record is None and job_id not in unreadable:
+                self.unreported.add(job_id)
             results[job_id] = self._judge(job_id, key, record, unreadable.get(job_id))
             if on_notebook is not None:
                 on_notebook(job_id, results[job_id])

@@ -164,7 +164,7 @@ def grade_class(students: list[Student], previous: dict | None, grader: str, job
             if digest is None:
                 notebooks[student.name][key] = _missing(key, refused)
                 missing += 1
-            elif before and before["sha256"] == digest:
+            elif before and before["sha256"] == digest and not before.get("grader_failed"):
                 notebooks[student.name][key] = before
                 reused += 1
             else:
@@ -177,11 +177,15 @@ def grade_class(students: list[Student], previous: dict | None, grader: str, job
                                    parallel=jobs, on_notebook=heard)
                 for job_id, job in todo.items():
                     notebooks[job.student.name][job.key]["integrity"] = sandbox.integrity.get(job_id, Integrity()).lines()
+                    if job_id in sandbox.unreported:
+                        notebooks[job.student.name][job.key]["grader_failed"] = True  # graded again next run
         except Exception as error:  # the grader's own failure must not end the run without outputs
-            message = f"the grader failed ({type(error).__name__}: {error}); grade again with --force"
+            message = f"the grader failed ({type(error).__name__}: {error}); the next run grades it again"
             for job_id, job in todo.items():
-                notebooks[job.student.name].setdefault(
-                    job.key, _entry(job.key, job.digest, [CheckResult(job.key, c, message) for c in checks_of(job.key)]))
+                if job.key not in notebooks[job.student.name]:
+                    notebooks[job.student.name][job.key] = {
+                        **_entry(job.key, job.digest, [CheckResult(job.key, c, message) for c in checks_of(job.key)]),
+                        "grader_failed": True}
     return Run(
         {student.name: {"notebooks": {key: notebooks[student.name][key] for key in NOTEBOOKS},
                         "needs_a_look": needs_a_look(student, notebooks[student.name])}
