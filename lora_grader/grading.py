@@ -44,6 +44,7 @@ class CheckResult:
     notebook: str
     check: Check
     message: str  # empty when passed
+    cause: str = ""  # the failure's cause key (CheckFailed.cause), empty when passed
 
     @property
     def passed(self) -> bool:
@@ -169,7 +170,7 @@ class Sandbox:
         from lora_grader.verdicts.core import CheckFailed, judge
 
         if unreadable:
-            return [CheckResult(key, check, printable(unreadable)) for check in checks_of(key)]
+            return [CheckResult(key, check, printable(unreadable), "unreadable") for check in checks_of(key)]
         header, frames = record if record is not None else ({}, [])
         sent = _Sent(frames)
         integrity_of = self.integrity.setdefault(job_id, Integrity())
@@ -191,15 +192,16 @@ class Sandbox:
                 try:
                     if integrity_of.tampered:
                         raise CheckFailed(f"this notebook is marked as tampered ({integrity_of.tampered}): "
-                                          "it scores 0 until a person has looked at it")
+                                          "it scores 0 until a person has looked at it", cause="tampered")
                     judge(check, check.all_cases, outcomes, notes)
-                    message = ""
+                    message, cause = "", ""
                 except CheckFailed as failure:
-                    message = str(failure)
+                    message, cause = str(failure), failure.cause or "wrong"
                 except Exception as error:  # a verdict that could not read what came back
                     message = (f"the grader could not judge what `{check.task}` produced "
                                f"({type(error).__name__}): was it changed on its way back?")
-                by_check[check.name] = CheckResult(key, check, printable(message))
+                    cause = "unreadable"
+                by_check[check.name] = CheckResult(key, check, printable(message), cause)
         return [by_check[check.name] for check in checks_of(key)]
 
     def _stop(self) -> None:

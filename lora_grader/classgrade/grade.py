@@ -96,7 +96,8 @@ def _entry(key: str, digest: str | None, results) -> dict:
         "file": NOTEBOOKS[key].filename,
         "sha256": digest,
         "checks": [{"name": r.check.name, "task": r.check.task, "passed": r.passed,
-                    "points": r.points, "max": r.check.points, "message": r.message} for r in results],
+                    "points": r.points, "max": r.check.points, "message": r.message, "cause": r.cause}
+                   for r in results],
     }
 
 
@@ -108,7 +109,8 @@ def _missing(key: str, refused: str = "") -> dict:
         "file": NOTEBOOKS[key].filename,
         "sha256": None,
         "checks": [{"name": c.name, "task": c.task, "passed": False, "points": 0, "max": c.points,
-                    "message": message} for c in checks_of(key)],
+                    "message": message, "cause": "refused" if refused else "not_handed_in"}
+                   for c in checks_of(key)],
     }
 
 
@@ -184,7 +186,7 @@ def grade_class(students: list[Student], previous: dict | None, grader: str, job
             for job_id, job in todo.items():
                 if job.key not in notebooks[job.student.name]:
                     notebooks[job.student.name][job.key] = {
-                        **_entry(job.key, job.digest, [CheckResult(job.key, c, message) for c in checks_of(job.key)]),
+                        **_entry(job.key, job.digest, [CheckResult(job.key, c, message, "grader_failed") for c in checks_of(job.key)]),
                         "grader_failed": True}
     return Run(
         {student.name: {"notebooks": {key: notebooks[student.name][key] for key in NOTEBOOKS},

@@ -84,7 +84,8 @@ def check_results(student: dict) -> list[CheckResult]:
     results = []
     for key, notebook in student["notebooks"].items():
         by_name = {check.name: check for check in checks_of(key)}
-        results.extend(CheckResult(key, by_name[c["name"]], c["message"]) for c in notebook["checks"])
+        results.extend(CheckResult(key, by_name[c["name"]], c["message"], c.get("cause", ""))
+                       for c in notebook["checks"])
     return results
 
 

@@ -19,7 +19,14 @@ from lora_grader.verdicts.expected import NotShipped, expected_for
 
 
 class CheckFailed(AssertionError):
-    """A failed check. Its message is the feedback a student reads."""
+    """A failed check. Its message is the feedback a student reads; its `cause` is a short key
+    naming the explanation the verdict chose ("forms_AB", "not_frozen"...), or how the code
+    failed to run ("raised:ValueError", "undefined"...), so that a class's failures can be
+    counted by cause without reading messages."""
+
+    def __init__(self, message: str = "", cause: str = ""):
+        super().__init__(message)
+        self.cause = cause
 
     def _render_traceback_(self) -> list[str]:
         # IPython shows these lines instead of a traceback, in the notebook and in the error
@@ -48,7 +55,7 @@ def resolve(reference: str):
 def judge(check: Check, cases, outcomes: list[Outcome], notes: str = "") -> None:
     """Raise CheckFailed with feedback unless every case's outcome passes the verdict."""
     if not outcomes:
-        raise CheckFailed(f"no result came back for `{check.task}`{notes}")
+        raise CheckFailed(f"no result came back for `{check.task}`{notes}", cause="no_result")
     legacy = callable(check.verdict)  # transitional: a check module not yet split
     verdict = check.verdict if legacy else resolve(check.verdict)
     for case, outcome in zip(cases, outcomes):
@@ -56,22 +63,31 @@ def judge(check: Check, cases, outcomes: list[Outcome], notes: str = "") -> None
         if status != "ok":
             # cell errors explain a missing name or a dead process, and are noise otherwise
             context = notes if status in ("undefined", "crashed", "timeout") else ""
-            raise CheckFailed(_explain_status(check, case, outcome) + context)
+            raise CheckFailed(_explain_status(check, case, outcome) + context, cause=_status_cause(outcome))
         try:
             expected = {} if legacy else expected_for(check, case)
         except NotShipped as missing:
-            raise CheckFailed(str(missing)) from None
+            raise CheckFailed(str(missing), cause="not_shipped") from None
         try:
             verdict(case, outcome["data"]) if legacy else verdict(case, expected, outcome["data"])
-        except CheckFailed:
+        except CheckFailed as failure:
+            failure.cause = failure.cause or "wrong"
             raise
         except Exception as error:  # data that is not what the probe returns: someone tampered
             raise CheckFailed(
                 f"the grader could not read what `{check.task}` produced "
-                f"({type(error).__name__}: {error})"
+                f"({type(error).__name__}: {error})", cause="unreadable"
             ) from None
     if len(outcomes) < len(cases):
-        raise CheckFailed(f"only {len(outcomes)} of {len(cases)} results came back for `{check.task}`")
+        raise CheckFailed(f"only {len(outcomes)} of {len(cases)} results came back for `{check.task}`",
+                          cause="no_result")
+
+
+def _status_cause(outcome) -> str:
+    status = outcome.get("status") if isinstance(outcome, dict) else None
+    if status == "raised":
+        return f"raised:{outcome.get('type')}"
+    return status if status in ("undefined", "not_implemented", "probe", "timeout", "crashed") else "unreadable"
 
 
 # Exceptions whose cause is the same whichever function raised them.
@@ -114,8 +130,9 @@ def describe(case: Case) -> str:
     return ", ".join(parts)
 
 
-def fail(message: str, case: Case | None = None):
-    raise CheckFailed(message + (f"\n  Probe: {describe(case)}" if case else ""))
+def fail(message: str, case: Case | None = None, cause: str = ""):
+    """Fail the check with feedback; `cause` names the explanation chosen (see CheckFailed)."""
+    raise CheckFailed(message + (f"\n  Probe: {describe(case)}" if case else ""), cause=cause)
 
 
 # --- comparing what came back with what was expected ------------------------------------------
@@ -177,6 +194,6 @@ def run_check(check: Check, namespace: Mapping[str, Any], hidden: bool = False) 
     try:
         judge(check, cases, collect(check, namespace, cases))
     except CheckFailed as failure:
-        raise CheckFailed(str(failure)) from None
+        raise CheckFailed(str(failure), failure.cause) from None
     kind = "hidden case" if hidden else "case"
     print(f"✓ {check.name}: {len(cases)} {kind}{'s' if len(cases) != 1 else ''} passed")

@@ -21,8 +21,9 @@ def lora_flops(case, expected, data):
     if data["kind"] != "int":
         seen = data.get("value", data.get("repr"))
         hint = " (use int(...) or integer arithmetic)" if data["kind"] == "float" else ""
-        fail(f"{call} returned a {data['kind']} ({seen}) but should return an int{hint}")
+        fail(f"{call} returned a {data['kind']} ({seen}) but should return an int{hint}", cause="not_int")
     if data["value"] != expected["flops"]:
-        cause = CAUSES.get(dict(expected["wrong"]).get(data["value"]))
-        why = f"that looks like {cause}" if cause else "count 2·m·n·p for each (m×n) @ (n×p) product"
-        fail(f"{call} returned {data['value']:,} but FlopCounterMode counts {expected['flops']:,}: {why}")
+        key = dict(expected["wrong"]).get(data["value"])
+        why = f"that looks like {CAUSES[key]}" if key in CAUSES else "count 2·m·n·p for each (m×n) @ (n×p) product"
+        fail(f"{call} returned {data['value']:,} but FlopCounterMode counts {expected['flops']:,}: {why}",
+             cause=key if key in CAUSES else "wrong_count")
