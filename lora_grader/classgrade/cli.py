@@ -1,4 +1,4 @@
-"""The `lora-grade` command: `autograde` a class, `merge` shards, `audit` nbgrader's scores."""
+"""The `lora-grade` command: `autograde` a class, `merge` shards, `audit` nbgrader's scores, `report`."""
 from __future__ import annotations
 
 import argparse
@@ -55,6 +55,14 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--gradebook", type=Path, default=Path("gradebook.db"),
                         help="nbgrader's database (default: gradebook.db)")
     status.set_defaults(run=_status, shard=None)
+    report = commands.add_parser("report", help="from autograde's outputs (no grading): one HTML page of what "
+                                                "the class got wrong, report.html, and causes.csv")
+    report.add_argument("--out", type=Path, default=OUT, help=f"autograde's output folder, where the report "
+                                                              f"goes too (default: {OUT})")
+    report.add_argument("--gradebook", type=Path, default=Path("gradebook.db"),
+                        help="nbgrader's database, for the written answers waiting (default: gradebook.db; "
+                             "skipped when there is none)")
+    report.set_defaults(run=_report)
     return parser
 
 
@@ -162,6 +170,36 @@ def _status(args) -> int:
         return 1
     print("\nnothing waits for a person: generate_feedback and export are safe to run")
     return 0
+
+
+def _report(args) -> int:
+    from lora_grader.classgrade.class_report import build, causes_csv, summary_line
+    from lora_grader.classgrade.report_page import page
+
+    record = read_results(args.out)
+    if record is None:
+        raise ValueError(f"no {args.out / RESULTS}: run `lora-grade autograde` first")
+    rows, note = _audit_rows(args.out)
+    waiting = manual_grades_waiting(args.gradebook) if args.gradebook.is_file() else None
+    report = build(record, rows, note, waiting)
+    (args.out / "causes.csv").write_text(causes_csv(report), encoding="utf-8")
+    (args.out / "report.html").write_text(page(report), encoding="utf-8")
+    print(summary_line(report))
+    print(f"written: {args.out / 'causes.csv'}")
+    print(args.out / "report.html")
+    return 0
+
+
+def _audit_rows(out: Path) -> tuple[list[dict] | None, str]:
+    """audit.csv's rows, if `lora-grade audit` ran, and a note on where they come from."""
+    path = out / "audit.csv"
+    if not path.is_file():
+        return None, "No audit against nbgrader's scores: `lora-grade audit` writes audit.csv."
+    with open(path, encoding="utf-8", newline="") as file:
+        rows = list(csv.DictReader(file))
+    stale = path.stat().st_mtime < (out / RESULTS).stat().st_mtime
+    return rows, (f"nbgrader's scores as of the last `lora-grade audit` ({len(rows)} tasks differ)"
+                  + ("; autograde ran since: run the audit again to bring it up to date." if stale else "."))
 
 
 def manual_grades_waiting(gradebook: Path) -> dict[tuple[str, str], list[str]]:

@@ -1,0 +1,152 @@
+"""`lora-grade report`: the class's causes grouped and counted from results.json (fast, from a
+synthetic record), names and student text escaped, and (slow) a class built from the catalogue,
+graded by `lora-grade autograde`, reported, and the page opened in Chromium."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lora_grader.checks import NOTEBOOKS, checks_of
+from lora_grader.classgrade.class_report import CSV_COLUMNS, build, causes_csv
+from lora_grader.classgrade.outputs import write_outputs
+from lora_grader.classgrade.report_page import page
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def notebook(key: str, student: str, fails: dict | None = None, missing: bool = False) -> dict:
+    """A results.json notebook entry; `fails` maps a check name to (cause, message)."""
+    fails = {check.name: ("not_handed_in", f"{NOTEBOOKS[key].filename} was not handed in") for check in
+             checks_of(key)} if missing else (fails or {})
+    return {"file": NOTEBOOKS[key].filename,
+            "sha256": None if missing else hashlib.sha256(f"{student}/{key}".encode()).hexdigest(),
+            "checks": [{"name": c.name, "task": c.task, "passed": c.name not in fails,
+                        "points": 0 if c.name in fails else c.points, "max": c.points,
+                        "message": fails.get(c.name, ("", ""))[1], "cause": fails.get(c.name, ("", ""))[0]}
+                       for c in checks_of(key)],
+            "integrity": []}
+
+
+def student(name: str, looks=(), **notebooks) -> dict:
+    """Every notebook complete but those given as nbXX=entry."""
+    return {"notebooks": {key: notebooks.get(f"nb{key}") or notebook(key, name) for key in NOTEBOOKS},
+            "needs_a_look": list(looks)}
+
+
+FLOPS = "lora_flops(4, 8, 6, 2, materialize=False) returned 96 but FlopCounterMode counts 192: that looks like multiply-adds"
+
+
+def synthetic_class() -> dict:
+    students = {f"s{n:02d}": student(f"s{n:02d}") for n in range(6)}
+    for n in range(3):  # three students count multiply-adds; one returns a float
+        name = f"m{n}"
+        students[name] = student(name, nb02=notebook("02", name, {"lora_flops_factored": ("multiply_adds", FLOPS)}))
+    students["float"] = student("float", nb02=notebook("02", "float", {
+        "lora_flops_factored": ("not_int", "lora_flops(...) returned a float (96.0) but should return an int")}))
+    raised = {c.name: ("raised:RuntimeError", f"lora_update raised RuntimeError in /home/raiser/x.py")
+              for c in checks_of("01") if c.task == "lora_update"}
+    students["raiser"] = student("raiser", nb01=notebook("01", "raiser", raised))
+    students["absent"] = student("absent", ["not handed in: 04"], nb04=notebook("04", "absent", missing=True))
+    return {"grader": "x", "students": students}
+
+
+def test_failures_are_grouped_by_check_and_cause_and_counted():
+    report = build(synthetic_class())
+    groups = {(c.notebook, c.checks[0], c.cause): c for c in report.causes}
+    flops = groups[("02", "lora_flops_factored", "multiply_adds")]
+    assert flops.students == ["m0", "m1", "m2"] and flops.count == 3 and flops.example == FLOPS
+    assert "multiply-adds" in flops.label, "the verdict module's explanation of its key"
+    not_int = groups[("02", "lora_flops_factored", "not_int")]
+    assert not_int.students == ["float"] and "returned a float" in not_int.example, "a name can be a word too"
+    assert all(groups[("04", c.name, "not_handed_in")].students == ["absent"] for c in checks_of("04"))
+    assert sum(c.count for c in report.causes) == 3 + 1 + 3 + len(checks_of("04"))
+    lora_update = report.task_causes("01", "lora_update")
+    assert len(lora_update) == 1 and len(lora_update[0].checks) == 3, "one cause, same students: one row"
+    assert lora_update[0].label == "raised RuntimeError"
+    assert "/home/<student>/x.py" in lora_update[0].example, "the example names no student"
+    flops_task = report.task_causes("02", "lora_flops")
+    assert [(c.cause, c.count) for c in flops_task] == [("multiply_adds", 3), ("not_int", 1)]
+
+
+def test_points_per_task_and_totals():
+    report = build(synthetic_class())
+    scores = {(t.notebook, t.task): t for t in report.tasks}
+    flops = scores[("02", "lora_flops")]
+    assert (flops.full, flops.partial, flops.none) == (len(report.students) - 4, 4, 0)
+    merge = scores[("04", "MergeableLoRALinear")]
+    assert (merge.full, merge.partial, merge.none) == (len(report.students) - 1, 0, 1)
+    assert report.totals.count(report.out_of) == 6
+    assert report.totals[report.students.index("absent")] == report.out_of - report.notebook_out_of["04"]
+
+
+def test_causes_csv_has_a_row_per_check_and_cause():
+    rows = list(csv.DictReader(io.StringIO(causes_csv(build(synthetic_class())))))
+    assert list(rows[0]) == CSV_COLUMNS
+    assert {"task": "02 lora_flops", "check": "lora_flops_factored", "cause": "multiply_adds", "count": "3",
+            "students": "m0; m1; m2"} in rows
+    assert len(rows) == 3 + 2 + len(checks_of("04"))
+
+
+def test_who_needs_a_look_and_why():
+    record = synthetic_class()
+    copy = record["students"]["s01"]["notebooks"]["03"]
+    record["students"]["s02"]["notebooks"]["03"] = json.loads(json.dumps(copy))  # the same bytes handed in
+    crashed = notebook("05", "s03", {"merge_all_outputs": ("crashed", "the notebook's process died (exit code 3)")})
+    record["students"]["s03"]["notebooks"]["05"] = crashed
+    audit = [{"student": "s04", "notebook": "01", "task": "lora_update", "nbgrader": "4", "lora-grade": "0", "max": "4"}]
+    looks = build(record, audit, "from audit.csv").looks
+    assert looks["absent"] == [("not handed in", "not handed in: 04")]
+    assert looks["s01"][0][0] == looks["s02"][0][0] == "identical" and "s02" in looks["s01"][0][1]
+    assert looks["s03"] == [("crashed", "05 the notebook's process died: the notebook's process died (exit code 3)")]
+    assert looks["s04"] == [("nbgrader differs", "01 lora_update: nbgrader 4/4, lora-grade 0/4")]
+    assert "s00" not in looks and "m0" not in looks
+
+
+HOSTILE = '<img src=x onerror="alert(1)">'
+
+
+def test_names_and_student_text_are_escaped_in_the_page_and_safe_in_the_csv():
+    record = synthetic_class()
+    formula, evil = "=HYPERLINK(\"http://x\")", HOSTILE + "\n=cmd"
+    cause = "raised:<script>alert(2)</script>"  # an exception type's name is the student's to choose
+    for name in (formula, evil):
+        record["students"][name] = student(name, [f"not handed in: {HOSTILE}"], nb01=notebook("01", name, {
+            "silent_failure_case": (cause, f"<b>bold</b> {HOSTILE}")}))
+    report = build(record, [{"student": HOSTILE, "notebook": "<i>", "task": "t", "nbgrader": "1",
+                             "lora-grade": "0", "max": "1"}], "note <u>", {(HOSTILE, "02"): ["<answer>"]})
+    html = page(report)
+    for raw in (HOSTILE, "<script", "<b>bold", "<i>", "<u>", "<answer>", "onerror=\""):
+        assert raw not in html, raw
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;\\n=cmd" in html, "the name on one line, escaped"
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in html and "&lt;b&gt;bold&lt;/b&gt;" in html
+    rows = list(csv.DictReader(io.StringIO(causes_csv(report))))
+    row = next(row for row in rows if row["check"] == "silent_failure_case")
+    assert row["cause"] == cause and row["count"] == "2"
+    assert row["students"] == "'" + formula + "; " + HOSTILE + "\\n=cmd", "no formula, no line break"
+
+
+def test_report_command_writes_the_page_and_the_csv_and_prints_the_path(tmp_path):
+    record = synthetic_class()
+    write_outputs(tmp_path / "lora_grading", "x", record["students"])
+    done = subprocess.run([sys.executable, "-m", "lora_grader.classgrade", "report"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == str(Path("lora_grading") / "report.html")
+    html = (tmp_path / "lora_grading" / "report.html").read_text(encoding="utf-8")
+    assert html.count('<img src="data:image/png;base64,') == 3
+    assert "http:" not in html and "https:" not in html and "<script" not in html, "nothing fetched, nothing run"
+    assert "No nbgrader gradebook here" in html and "No audit against nbgrader" in html
+    assert (tmp_path / "lora_grading" / "causes.csv").read_text().startswith(",".join(CSV_COLUMNS))
+
+
+def test_report_without_results_says_to_autograde_first(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "lora_grader.classgrade", "report"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "run `lora-grade autograde` first" in done.stderr
