@@ -22,7 +22,7 @@ from lora_grader.report import first_line
 
 # What the generic cause keys mean; a verdict's own keys are explained by its module's CAUSES.
 GENERIC_CAUSES = {
-    "wrong": "wrong result (the check names no more specific cause)",
+    "wrong": "wrong result (no specific cause named)",
     "not_handed_in": "notebook not handed in",
     "refused": "notebook refused (a link or a special file)",
     "undefined": "not defined (the name is missing, or its cell failed)",
@@ -245,20 +245,22 @@ def _kind(reason: str) -> str:
 
 
 def _identical(students: dict, shown: int = 5):
-    """(student, reason) for every handed-in notebook byte for byte the same as another student's,
+    """(student, reason) for the handed-in notebooks byte for byte the same as another student's,
     among notebooks that earned points (an untouched release is "earned nothing" already)."""
     by_hash: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
     for name, student in students.items():
         for key, notebook in student["notebooks"].items():
             if notebook["sha256"] and any(check["passed"] for check in notebook["checks"]):
                 by_hash[(key, notebook["sha256"])].append(name)
+    alike: dict[tuple[str, tuple[str, ...]], list[str]] = collections.defaultdict(list)  # (student, others): keys
     for (key, _), names in sorted(by_hash.items()):
-        if len(names) > 1:
-            for name in names:
-                others = [other for other in names if other != name]
-                listed = ", ".join(map(printable_name, others[:shown]))
-                more = f" and {len(others) - shown} more" if len(others) > shown else ""
-                yield name, f"{key} is identical, byte for byte, to the notebook of {listed}{more}"
+        for name in names if len(names) > 1 else ():
+            alike[(name, tuple(other for other in names if other != name))].append(key)
+    for (name, others), keys in alike.items():
+        listed = ", ".join(map(printable_name, others[:shown]))
+        more = f" and {len(others) - shown} more" if len(others) > shown else ""
+        notebooks = f"{keys[0]} is" if len(keys) == 1 else f"{', '.join(keys)} are"
+        yield name, f"{notebooks} identical, byte for byte, to what {listed}{more} handed in"
 
 
 CSV_COLUMNS = ["task", "check", "cause", "count", "students"]

@@ -12,7 +12,8 @@ from lora_grader.checks import NOTEBOOKS
 from lora_grader.classgrade.class_report import Cause, ClassReport, summary_line
 from lora_grader.grading import printable, printable_name
 
-COLOURS = {"full": "#009E73", "partial": "#E69F00", "none": "#D55E00"}  # Okabe-Ito: readable when colour-blind
+# Okabe-Ito colours, readable when colour-blind
+KINDS = {"full": ("full points", "#009E73"), "partial": ("some points", "#E69F00"), "none": ("no points", "#D55E00")}
 
 
 def text(value) -> str:
@@ -88,10 +89,15 @@ def _image(png: bytes, alt: str, width: int) -> str:
             f'width="{width}">')
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float, left: float = 0.6, bottom: float = 0.5, right: float = 0.15,
+            top: float = 0.3, wspace: float = 0.2):
+    """A figure with margins in inches (a layout engine would cost seconds of drawing)."""
     from matplotlib.figure import Figure  # no pyplot: no global state, no display needed
 
-    return Figure(figsize=(width, height), dpi=100, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=100)
+    figure.subplots_adjust(left=left / width, bottom=bottom / height, right=1 - right / width, top=1 - top / height,
+                           wspace=wspace)
+    return figure
 
 
 def _png(figure) -> bytes:
@@ -119,7 +125,7 @@ def _totals_plot(report: ClassReport) -> bytes:
 
 
 def _notebooks_plot(report: ClassReport) -> bytes:
-    figure = _figure(10, 2.2)
+    figure = _figure(10, 2.2, left=0.4, bottom=0.3, wspace=0.25)
     for axes, key in zip(figure.subplots(1, len(NOTEBOOKS)), NOTEBOOKS):
         _histogram(axes, report.notebook_totals[key], report.notebook_out_of[key],
                    f"{key}, out of {report.notebook_out_of[key]}")
@@ -128,15 +134,16 @@ def _notebooks_plot(report: ClassReport) -> bytes:
 
 def _tasks_plot(report: ClassReport) -> bytes:
     rows = list(reversed(report.tasks))  # the first task at the top
-    figure = _figure(8.2, 0.8 + 0.3 * len(rows))
+    figure = _figure(8.2, 1.0 + 0.28 * len(rows), left=2.4, top=0.4)
     axes = figure.subplots()
     labels = [f"{task.notebook} {task.task}" for task in rows]
     left = [0] * len(rows)
-    for kind in ("full", "partial", "none"):
+    for kind, (label, colour) in KINDS.items():
         counts = [getattr(task, kind) for task in rows]
-        axes.barh(labels, counts, left=left, color=COLOURS[kind], label=f"{kind} points")
+        axes.barh(labels, counts, left=left, color=colour, label=label)
         left = [a + b for a, b in zip(left, counts)]
     axes.set_xlim(0, max(left, default=1))
+    axes.xaxis.get_major_locator().set_params(integer=True)
     axes.set_xlabel("students")
     axes.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False, fontsize=9)
     axes.tick_params(axis="y", labelsize=9)
@@ -145,7 +152,7 @@ def _tasks_plot(report: ClassReport) -> bytes:
 
 def _task_table(report: ClassReport) -> str:
     rows = ["<table><tr><th>task, most missed first</th><th class=n>points</th><th class=n>full</th>"
-            "<th class=n>partial</th><th class=n>none</th><th>largest cause</th></tr>"]
+            "<th class=n>some</th><th class=n>none</th><th>largest cause</th></tr>"]
     for task in sorted(report.tasks, key=lambda task: -task.lost):
         causes = report.task_causes(task.notebook, task.task)
         top = f"{causes[0].count}: {text(causes[0].label)}" if causes else ""
@@ -176,7 +183,7 @@ def _task_causes(report: ClassReport, task) -> str:
                f"all {task.out_of}.</p>" if task.lost else "<p>Every student got full points.</p>"))
     if not causes:
         return head
-    rows = ["<table class=causes><colgroup><col style='width:5em'><col style='width:22%'><col style='width:24%'><col>"
+    rows = ["<table class=causes><colgroup><col style='width:6em'><col style='width:22%'><col style='width:24%'><col>"
             "</colgroup><tr><th class=n>students</th><th>cause</th><th>check</th><th>example message, and who</th></tr>"]
     rows += [_cause_row(cause) for cause in causes]
     return head + "\n".join(rows + ["</table>"])
