@@ -96,14 +96,15 @@ def test_causes_csv_has_a_row_per_check_and_cause():
 
 def test_who_needs_a_look_and_why():
     record = synthetic_class()
-    copy = record["students"]["s01"]["notebooks"]["03"]
-    record["students"]["s02"]["notebooks"]["03"] = json.loads(json.dumps(copy))  # the same bytes handed in
+    for key in ("03", "05"):  # the same bytes handed in
+        record["students"]["s02"]["notebooks"][key] = json.loads(json.dumps(record["students"]["s01"]["notebooks"][key]))
     crashed = notebook("05", "s03", {"merge_all_outputs": ("crashed", "the notebook's process died (exit code 3)")})
     record["students"]["s03"]["notebooks"]["05"] = crashed
     audit = [{"student": "s04", "notebook": "01", "task": "lora_update", "nbgrader": "4", "lora-grade": "0", "max": "4"}]
     looks = build(record, audit, "from audit.csv").looks
     assert looks["absent"] == [("not handed in", "not handed in: 04")]
-    assert looks["s01"][0][0] == looks["s02"][0][0] == "identical" and "s02" in looks["s01"][0][1]
+    assert looks["s01"] == [("identical", "03, 05 are identical, byte for byte, to what s02 handed in")]
+    assert looks["s02"] == [("identical", "03, 05 are identical, byte for byte, to what s01 handed in")]
     assert looks["s03"] == [("crashed", "05 the notebook's process died: the notebook's process died (exit code 3)")]
     assert looks["s04"] == [("nbgrader differs", "01 lora_update: nbgrader 4/4, lora-grade 0/4")]
     assert "s00" not in looks and "m0" not in looks
@@ -150,3 +151,135 @@ def test_report_without_results_says_to_autograde_first(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lora_grader.classgrade", "report"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert done.returncode == 2 and "run `lora-grade autograde` first" in done.stderr
+
+
+# --- a class built from the catalogue, graded, reported and opened in Chromium ------------------
+
+CLASS_SIZE = 20  # four of each special case, eight catalogued bugs (see catalogue_class)
+SCALE = 500
+FLOPS_CAUSES = {"02-flops-multiply-adds": "multiply_adds", "02-flops-forget-the-product-with-x": "product_only",
+                "02-flops-as-float": "not_int"}
+
+
+def lora_grade(*args: str, cwd: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "lora_grader.classgrade", *args], cwd=cwd, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, f"lora-grade {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def reported(tmp_path_factory):
+    from catalogue_class import plan_class, write_class
+
+    root = tmp_path_factory.mktemp("reported")
+    plans = plan_class(CLASS_SIZE)
+    write_class(plans, root / "submitted")
+    lora_grade("autograde", "--no-progress", cwd=root)
+    return root, plans, lora_grade("report", cwd=root)
+
+
+def _failures(out: Path) -> dict[tuple[str, str, str], str]:
+    """{(student, notebook, check): cause} from causes.csv."""
+    with open(out / "causes.csv", encoding="utf-8", newline="") as file:
+        return {(student, row["task"].split()[0], row["check"]): row["cause"]
+                for row in csv.DictReader(file) for student in row["students"].split("; ")}
+
+
+@pytest.mark.slow
+def test_the_causes_counted_per_check_are_the_catalogues(reported):
+    import collections
+
+    root, plans, summary = reported
+    assert summary.splitlines()[-1] == str(Path("lora_grading") / "report.html")
+    failures = _failures(root / "lora_grading")
+    order = {(key, check.name): n for n, (key, check) in enumerate((k, c) for k in NOTEBOOKS for c in checks_of(k))}
+    first: dict[tuple[str, str], str] = {}
+    for student, key, check in sorted(failures, key=lambda f: order[f[1:]]):
+        first.setdefault((student, key), check)
+    first_check = {key: checks_of(key)[0].name for key in NOTEBOOKS}
+    expected = {(plan.name, key): check for plan in plans for key, check in plan.first_failures(first_check).items()}
+    assert first == expected, "the first failing check of each student's notebook, as the catalogue says"
+    assert collections.Counter((key, check) for (_, key), check in first.items()) == collections.Counter(
+        (key, check) for (_, key), check in expected.items())
+    for plan in plans:
+        for bug in plan.bugs:
+            cause = failures[(plan.name, bug.notebook, bug.caught_by)]
+            assert cause == FLOPS_CAUSES.get(bug.name, cause) and cause != "", (plan.name, bug.name, cause)
+        if plan.special == "missing":
+            assert all(failures[(plan.name, key, c.name)] == "not_handed_in" for key in ("04", "05") for c in checks_of(key))
+        if plan.special == "patches-the-grader":
+            assert failures[(plan.name, "01", "lora_update_values")] == "not_implemented"
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("no Chromium on this machine (`apt-get install -y chromium` on Debian)")
+
+
+def _open(page_path: Path, screenshot: Path | None = None) -> tuple[float, dict]:
+    """Seconds until the page and its images are loaded in Chromium, and what the page shows."""
+    import time
+
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        start = time.perf_counter()
+        page.goto(page_path.resolve().as_uri(), wait_until="load")
+        page.wait_for_function("[...document.images].every(image => image.complete)")
+        seconds = time.perf_counter() - start
+        shown = page.evaluate("""() => ({
+            images: [...document.images].map(image => [image.naturalWidth, image.getBoundingClientRect().height]),
+            tasks: document.querySelectorAll('h3[id^="task-"]').length,
+            looks: [...document.querySelectorAll('#looks + p + table tr td:first-child')].map(td => td.textContent),
+            openLists: [...document.querySelectorAll('details')].filter(d => d.open).length,
+            lists: document.querySelectorAll('details').length,
+            scripts: document.scripts.length,
+        })""")
+        if screenshot:
+            page.screenshot(path=screenshot, full_page=True)
+        browser.close()
+    return seconds, shown
+
+
+@pytest.mark.slow
+def test_the_page_opens_in_chromium_with_its_plots_and_the_students_who_need_a_look(reported, tmp_path):
+    root, plans, _ = reported
+    screenshot = tmp_path / "report.png"
+    seconds, shown = _open(root / "lora_grading" / "report.html", screenshot)
+    print(f"\nreport of {CLASS_SIZE} students loaded in Chromium in {seconds:.2f} s; screenshot: {screenshot}")
+    assert len(shown["images"]) == 3 and all(width > 0 and height > 0 for width, height in shown["images"]), shown
+    assert shown["tasks"] == len({(key, c.task) for key in NOTEBOOKS for c in checks_of(key)})
+    assert set(shown["looks"]) == {plan.name for plan in plans if plan.special} | {plan.copies for plan in plans if plan.copies}
+    assert shown["lists"] > 0 and shown["openLists"] == 0 and shown["scripts"] == 0, "student lists folded, no script"
+    assert screenshot.stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_a_class_of_500_repeated_from_the_catalogues(reported, tmp_path):
+    """Measured, not asserted: the time to build the report and to load it (printed)."""
+    import time
+
+    from catalogue_class import repeated
+
+    root, _, _ = reported
+    record = json.loads((root / "lora_grading" / "results.json").read_text(encoding="utf-8"))
+    (tmp_path / "lora_grading").mkdir()
+    (tmp_path / "lora_grading" / "results.json").write_text(json.dumps(repeated(record, SCALE)), encoding="utf-8")
+    start = time.perf_counter()
+    lora_grade("report", cwd=tmp_path)
+    built = time.perf_counter() - start
+    seconds, shown = _open(tmp_path / "lora_grading" / "report.html", tmp_path / "report-500.png")
+    size = (tmp_path / "lora_grading" / "report.html").stat().st_size
+    print(f"\n{SCALE} students: report built in {built:.1f} s, {size / 1e6:.1f} MB, loaded in Chromium in {seconds:.2f} s")
+    assert len(shown["images"]) == 3 and all(width > 0 for width, _ in shown["images"])
+    with open(tmp_path / "lora_grading" / "causes.csv", encoding="utf-8", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert sum(int(row["count"]) for row in rows) == SCALE // CLASS_SIZE * sum(
+        1 for _ in _failures(root / "lora_grading"))
