@@ -50,9 +50,34 @@ def load_seconds(page: Path, screenshot: Path | None = None, width: int = 1100) 
         tab.wait_for_function("[...document.images].every(image => image.complete && image.naturalWidth > 0)")
         seconds = time.perf_counter() - start
         if screenshot:
-            tab.screenshot(path=screenshot, full_page=True)
+            readme_screenshot(tab, screenshot)
         browser.close()
     return seconds
+
+
+def readme_screenshot(tab, path: Path, section: str = "task-02-lora_flops", scale: float = 0.7) -> None:
+    """The README's picture, kept small: the page down to the students who need a look, then one
+    task's causes, scaled down, in 256 colours."""
+    import io
+
+    from PIL import Image
+
+    def box(selector_from: str, selector_to: str) -> dict:
+        top, bottom = tab.evaluate(f"""() => [document.querySelector('{selector_from}').getBoundingClientRect().top,
+            document.querySelector('{selector_to}').getBoundingClientRect().top].map(y => y + window.scrollY)""")
+        return {"x": 0, "y": top, "width": tab.viewport_size["width"], "height": bottom - top}
+
+    next_section = tab.evaluate(f"""() => {{ let e = document.getElementById('{section}').nextElementSibling;
+        while (!/^H[23]$/.test(e.tagName)) e = e.nextElementSibling; return e.id; }}""")
+    parts = [Image.open(io.BytesIO(tab.screenshot(full_page=True, clip=clip))) for clip in
+             (box("body", "#causes"), box(f"#{section}", f"#{next_section}"))]
+    picture = Image.new("RGB", (max(p.width for p in parts), sum(p.height for p in parts)), "white")
+    y = 0
+    for part in parts:
+        picture.paste(part, (0, y))
+        y += part.height
+    picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.LANCZOS)
+    picture.quantize(256).save(path, optimize=True)
 
 
 def main() -> None:
