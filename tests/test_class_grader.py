@@ -217,3 +217,18 @@ def test_status_says_what_waits_for_a_person_until_every_written_answer_is_grade
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "nothing waits for a person" in done.stdout
+
+
+@pytest.mark.slow
+def test_report_lists_the_cheat_nbgrader_scored_and_the_written_answers_waiting(audited, tmp_path):
+    _, _, course = audited
+    shutil.copytree(course.root, tmp_path / "course")
+    lora_grade("report", cwd=tmp_path / "course")
+    page = (tmp_path / "course" / "lora_grading" / "report.html").read_text(encoding="utf-8")
+    looks = page[page.index('id=looks'):page.index('id=causes')]
+    assert "patches the grader" in looks and "nbgrader differs" in looks and "01 lora_update: nbgrader 4/4, lora-grade 0/4" in looks
+    assert "as of the last `lora-grade audit` (2 tasks differ)." in looks
+    written = page[page.index('id=written'):]
+    assert "2 answers of 2 students wait in nbgrader's formgrader" in written, written
+    assert "<code>why_zero_init_hides_the_bug</code></td><td class=n>2</td>" in written
+    assert "01-einsum-update, 01-no-scaling" in written

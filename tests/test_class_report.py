@@ -147,6 +147,21 @@ def test_report_command_writes_the_page_and_the_csv_and_prints_the_path(tmp_path
     assert (tmp_path / "lora_grading" / "causes.csv").read_text().startswith(",".join(CSV_COLUMNS))
 
 
+def test_report_shows_the_audit_and_says_when_autograde_ran_after_it(tmp_path):
+    import os
+
+    out = tmp_path / "lora_grading"
+    write_outputs(out, "x", synthetic_class()["students"])
+    (out / "audit.csv").write_text("student,notebook,task,nbgrader,lora-grade,max,lora-grade's message\n"
+                                   "m1,02,lora_flops,3,1,3,whatever\n", encoding="utf-8")
+    lora_grade("report", cwd=tmp_path)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "02 lora_flops: nbgrader 3/3, lora-grade 1/3" in html and "(1 task differs)." in html
+    os.utime(out / "audit.csv", (1, 1))  # older than results.json: autograde ran since the audit
+    lora_grade("report", cwd=tmp_path)
+    assert "autograde ran since: run the audit again" in (out / "report.html").read_text(encoding="utf-8")
+
+
 def test_report_without_results_says_to_autograde_first(tmp_path):
     done = subprocess.run([sys.executable, "-m", "lora_grader.classgrade", "report"], cwd=tmp_path,
                           capture_output=True, text=True)

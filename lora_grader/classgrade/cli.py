@@ -198,7 +198,7 @@ def _audit_rows(out: Path) -> tuple[list[dict] | None, str]:
     with open(path, encoding="utf-8", newline="") as file:
         rows = list(csv.DictReader(file))
     stale = path.stat().st_mtime < (out / RESULTS).stat().st_mtime
-    return rows, (f"nbgrader's scores as of the last `lora-grade audit` ({len(rows)} tasks differ)"
+    return rows, (f"nbgrader's scores as of the last `lora-grade audit` ({len(rows)} task{' differs' if len(rows) == 1 else 's differ'})"
                   + ("; autograde ran since: run the audit again to bring it up to date." if stale else "."))
 
 
