@@ -250,8 +250,9 @@ def _identical(students: dict, shown: int = 5):
     by_hash: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
     for name, student in students.items():
         for key, notebook in student["notebooks"].items():
-            if notebook["sha256"] and any(check["passed"] for check in notebook["checks"]):
-                by_hash[(key, notebook["sha256"])].append(name)
+            digest = notebook["sha256"] or ""  # None: not handed in; "unreadable: ...": no content to compare
+            if re.fullmatch(r"[0-9a-f]{64}", digest) and any(check["passed"] for check in notebook["checks"]):
+                by_hash[(key, digest)].append(name)
     alike: dict[tuple[str, tuple[str, ...]], list[str]] = collections.defaultdict(list)  # (student, others): keys
     for (key, _), names in sorted(by_hash.items()):
         for name in names if len(names) > 1 else ():
