@@ -18,9 +18,6 @@ from lora_grader.classgrade.class_report import CSV_COLUMNS, build, causes_csv
 from lora_grader.classgrade.outputs import write_outputs
 from lora_grader.classgrade.report_page import page
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 def notebook(key: str, student: str, fails: dict | None = None, missing: bool = False) -> dict:
     """A results.json notebook entry; `fails` maps a check name to (cause, message)."""
     fails = {check.name: ("not_handed_in", f"{NOTEBOOKS[key].filename} was not handed in") for check in

@@ -13,6 +13,7 @@ from lora_grader.classgrade.audit import audit
 from lora_grader.classgrade.grade import (ASSIGNMENT, find_students, grade_class, grader_fingerprint, in_shard,
                                           parse_shard)
 from lora_grader.classgrade.outputs import FEEDBACK, GRADES, RESULTS, merge, read_results, spreadsheet_safe, write_outputs
+from lora_grader.classgrade.outputs import _write as write_whole  # a reader never sees half a file
 from lora_grader.grading import SUPPORTED, UNSUPPORTED_MESSAGE, Timeouts, printable, printable_name
 from lora_grader.report import first_line
 
@@ -182,8 +183,8 @@ def _report(args) -> int:
     rows, note = _audit_rows(args.out)
     waiting = manual_grades_waiting(args.gradebook) if args.gradebook.is_file() else None
     report = build(record, rows, note, waiting)
-    (args.out / "causes.csv").write_text(causes_csv(report), encoding="utf-8")
-    (args.out / "report.html").write_text(page(report), encoding="utf-8")
+    write_whole(args.out / "causes.csv", causes_csv(report))
+    write_whole(args.out / "report.html", page(report))
     print(summary_line(report))
     print(f"written: {args.out / 'causes.csv'}")
     print(args.out / "report.html")
