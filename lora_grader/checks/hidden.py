@@ -7,12 +7,13 @@ without it, and there a check's hidden cases are None (see core.hidden_cases_of)
 """
 
 
-def layer(layer_cases):
+def layer(layer_cases, large_cases):
     return {
         "layer": layer_cases(
             [(10, 14, 3, 1, (2, 2, 3, 10)), (20, 8, 5, 8, (7, 20)), (9, 9, 2, 5, (4, 9))], seeds=(120, 130, 140)
         ),
-        "flops": layer_cases([(448, 320, 2, 1, (4, 448)), (320, 448, 3, 2, (1, 3, 320))], seeds=(170, 180)),
+        "flops": layer_cases([(448, 320, 2, 1, (4, 448)), (320, 448, 3, 2, (1, 3, 320))], seeds=(170, 180))
+        + large_cases([(180_000, 240_000, 3, 2, (1, 2, 180_000))], seeds=(200,)),
     }
 
 
