@@ -17,14 +17,15 @@ def layer(layer_cases, large_cases):
     }
 
 
-def nb01(cases):
+def nb01(cases, large_cases):
     return {
         "silent_failure_case": ({"seed": 1},),
         "update": cases(
             [(20, 12, 5, (7, 20)), (10, 10, 1, (3, 4, 10)), (6, 30, 2, (1, 2, 2, 6))],
             seeds=(30, 40, 50), scalings=(0.25, 3.0, 0.5),
         ),
-        "flops": cases([(448, 320, 2, (2, 1, 448)), (320, 448, 3, (4, 320))], seeds=(70, 75), scalings=(2.0, 0.25)),
+        "flops": cases([(448, 320, 2, (2, 1, 448)), (320, 448, 3, (4, 320))], seeds=(70, 75), scalings=(2.0, 0.25))
+        + large_cases([(240_000, 160_000, 2, (1, 2, 240_000))], seeds=(85,), scalings=(1.25,)),
     }
 
 
