@@ -7,23 +7,25 @@ without it, and there a check's hidden cases are None (see core.hidden_cases_of)
 """
 
 
-def layer(layer_cases):
+def layer(layer_cases, large_cases):
     return {
         "layer": layer_cases(
             [(10, 14, 3, 1, (2, 2, 3, 10)), (20, 8, 5, 8, (7, 20)), (9, 9, 2, 5, (4, 9))], seeds=(120, 130, 140)
         ),
-        "flops": layer_cases([(448, 320, 2, 1, (4, 448)), (320, 448, 3, 2, (1, 3, 320))], seeds=(170, 180)),
+        "flops": layer_cases([(448, 320, 2, 1, (4, 448)), (320, 448, 3, 2, (1, 3, 320))], seeds=(170, 180))
+        + large_cases([(180_000, 240_000, 3, 2, (1, 2, 180_000))], seeds=(200,)),
     }
 
 
-def nb01(cases):
+def nb01(cases, large_cases):
     return {
         "silent_failure_case": ({"seed": 1},),
         "update": cases(
             [(20, 12, 5, (7, 20)), (10, 10, 1, (3, 4, 10)), (6, 30, 2, (1, 2, 2, 6))],
             seeds=(30, 40, 50), scalings=(0.25, 3.0, 0.5),
         ),
-        "flops": cases([(448, 320, 2, (2, 1, 448)), (320, 448, 3, (4, 320))], seeds=(70, 75), scalings=(2.0, 0.25)),
+        "flops": cases([(448, 320, 2, (2, 1, 448)), (320, 448, 3, (4, 320))], seeds=(70, 75), scalings=(2.0, 0.25))
+        + large_cases([(240_000, 160_000, 2, (1, 2, 240_000))], seeds=(85,), scalings=(1.25,)),
     }
 
 

@@ -75,6 +75,17 @@ ENTRIES = [
         update("if x.dim() == 2:\n        return torch.mm(torch.mm(x, lora_A), lora_B) * scaling\n"
                "    return x @ (lora_A @ lora_B) * scaling"),
         "lora_update_never_forms_AB", "did you form A @ B"),
+    # A @ B formed with torch's dispatch modes off, out of sight of the FLOP counter and of the
+    # allocation tracker: the large case, where A @ B does not fit in memory, catches it.
+    bug("01-materialized-with-the-modes-off", "01",
+        update("from torch.utils._python_dispatch import _disable_current_modes\n"
+               "    with _disable_current_modes():\n"
+               "        return x @ (lora_A @ lora_B) * scaling"),
+        "lora_update_never_forms_AB", "out of the flop counter's sight"),
+    bug("01-materialized-with-python-dispatch-off", "01",
+        update("with torch._C._DisableTorchDispatch():\n"
+               "        return x @ (lora_A @ lora_B) * scaling"),
+        "lora_update_never_forms_AB", "out of the flop counter's sight"),
     variant("01-broadcast-and-sum-factored", "01",
             update("h = (x.unsqueeze(-1) * lora_A).sum(-2)\n"
                    "    return (h.unsqueeze(-1) * lora_B).sum(-2) * scaling")),

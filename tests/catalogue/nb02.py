@@ -101,6 +101,16 @@ ENTRIES = [
         forward="self.base_layer(x) + self.scaling * (x.unsqueeze(-1) * sum("
                 "torch.outer(self.lora_A[:, i], self.lora_B[i]) for i in range(self.rank))).sum(-2)",
     ), "lora_linear_flops", "is A @ B formed"),
+    # A @ B formed with torch's dispatch modes off, out of sight of the FLOP counter and of the
+    # allocation tracker: the large case, where A @ B does not fit in memory, catches it.
+    bug("02-forward-forms-AB-with-the-modes-off", "02", lora_linear(
+        prelude="from torch.utils._python_dispatch import _disable_current_modes\n",
+        forward="self.base_layer(x) + self.lora_term(x)",
+        freeze="self.base_layer.requires_grad_(False)\n\n"
+               "    def lora_term(self, x):\n"
+               "        with _disable_current_modes(), torch._C._DisableTorchDispatch():\n"
+               "            return x @ (self.lora_A @ self.lora_B) * self.scaling",
+    ), "lora_linear_flops", "out of the flop counter's sight", fails_only=("lora_linear_flops",)),
     # Stored the other way round, (r, in) and (out, r), and used consistently: one mistake, one check.
     bug("02-adapters-stored-transposed", "02", lora_linear(
         lora_A="nn.Parameter(torch.randn(rank, in_features))",

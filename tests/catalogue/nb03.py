@@ -129,6 +129,12 @@ ENTRIES = [
         'delta = torch.einsum("or,ri->oi", self.lora_B.weight, self.lora_A.weight)\n'
         '        return self.base_layer(x) + self.scaling * torch.einsum("...i,oi->...o", x, delta)'
     )), "lora_linear_flops", "is A @ B formed"),
+    # The update B @ A formed with torch's dispatch modes off: only the large case catches it.
+    bug("03-merged-weight-with-the-modes-off", "03", lora_linear(forward=(
+        "with torch.utils._python_dispatch._disable_current_modes():\n"
+        "            term = x @ (self.lora_B.weight @ self.lora_A.weight).T\n"
+        "        return self.base_layer(x) + self.scaling * term"
+    )), "lora_linear_flops", "out of the flop counter's sight", fails_only=("lora_linear_flops",)),
     variant("03-seed-attempt-2-verbatim", "03", lora_linear()),
     variant("03-kaiming-uniform-A", "03", lora_linear(
         init_A="nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))",
