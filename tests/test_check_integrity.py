@@ -185,17 +185,20 @@ def test_the_complete_submissions_pass_in_the_kernel(tmp_path):
 
 @pytest.mark.parametrize("key", ["lora_A.weight", "lora_B.weight", "base_layer.weight"])
 def test_gradient_feedback_does_not_state_the_true_value(key):
+    from lora_grader.answers.nb03 import gradient_prediction, true_gradient_kinds
     from lora_grader.checks import nb03
+    from lora_grader.verdicts import nb03 as verdicts
+    from lora_grader.verdicts.core import resolve
 
     case = nb03.PREDICTION_CASES[0]
-    truth = nb03.true_gradient_kinds(case)
-    for wrong in (word for word in nb03.ANSWERS if word != truth[key]):
+    truth, expected = true_gradient_kinds(case), gradient_prediction(case)
+    for wrong in (word for word in verdicts.WORDS if word != truth[key]):
         answers = {**truth, key: wrong}
         data = {"kind": "dict", "answers": [{"key": k, "value": v, "kind": "str"} for k, v in answers.items()]}
         check = next(c for c in nb03.CHECKS if c.name.startswith("gradient_prediction") and key in
-                     (nb03.BASE_KEYS if c.name.endswith("base") else nb03.LORA_KEYS))
+                     (verdicts.BASE_KEYS if c.name.endswith("base") else verdicts.LORA_KEYS))
         with pytest.raises(CheckFailed) as failure:
-            check.verdict(case, data)
+            resolve(check.verdict)(case, expected, data)
         assert repr(truth[key]) not in str(failure.value), str(failure.value)
 
 

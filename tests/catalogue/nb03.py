@@ -218,7 +218,7 @@ class LoRALinear(nn.Module):
     total = sum(p.numel() for p in every if p.requires_grad)
     ids = [id(p) for p in every]
     return total - sum(p.numel() * (ids.count(id(p)) - 1) for p in {id(p): p for p in every}.values())"""),
-        "count_trainable_shared", "count each parameter tensor once"),
+        "count_trainable_shared", "how many times it includes each"),
     variant("03-count-dedup-named-parameters", "03", count("""    seen, total = set(), 0
     for _, p in module.named_parameters(remove_duplicate=False):
         if p.requires_grad and id(p) not in seen:

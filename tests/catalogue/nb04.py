@@ -81,7 +81,7 @@ ENTRIES = [
                 return
             self.base_layer.weight += self.lora_B.weight @ self.lora_A.weight * self.scaling
             self.merged = True
-    '''), "merge_lora_weight", "in place under torch.no_grad(), e.g."),
+    '''), "merge_lora_weight", "autograd recorded the in-place add"),
     bug("04-merge-without-scaling", "04", mergeable(merge='''
         def merge_lora(self):
             if self.merged:
@@ -143,7 +143,7 @@ ENTRIES = [
                 return
             self.base_layer.weight.add_(self.scaling * self.lora_B.weight @ self.lora_A.weight)
             self.merged = True
-    '''), "merged_weight_frozen_leaf", "do the update in place under torch.no_grad()"),
+    '''), "merged_weight_frozen_leaf", "autograd recorded the merge"),
     bug("04-merge-new-parameter", "04", mergeable(merge='''
         def merge_lora(self):
             if self.merged:
