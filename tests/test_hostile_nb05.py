@@ -53,6 +53,42 @@ def add_lora(model, targets, rank=4, alpha=8, trainable=()):
     return model
 """
 
+# The two lies of issue 15 §2: each answer reports, through a method the grader's probes once
+# called, what the task asks for, while the model's own tables hold something else.
+HIDDEN_UNFROZEN_BASE = """
+def add_lora(model, targets, rank=4, alpha=8, trainable=()):
+    for name in targets:  # nothing is frozen but what LoRALinear freezes itself
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child_name, LoRALinear(getattr(parent, child_name), rank=rank, alpha=alpha))
+    honest = model.named_parameters
+
+    def named_parameters(*args, **kwargs):  # an instance attribute: hides the layers left training
+        for name, p in honest(*args, **kwargs):
+            if ".lora_" in name or any(name.startswith(t + ".") for t in trainable):
+                yield name, p
+
+    model.named_parameters = named_parameters
+    model.parameters = lambda *args, **kwargs: (p for _, p in named_parameters())
+    return model
+"""
+
+LOADS_NOTHING = """
+def load_adapter(model, checkpoint):
+    parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if checkpoint.keys() != parameters.keys() or any(v.shape != parameters[k].shape for k, v in checkpoint.items()):
+        raise KeyError("the checkpoint does not fit this model")
+    shown = {**model.state_dict(), **checkpoint}
+    model.state_dict = lambda *args, **kwargs: dict(shown)  # an instance attribute: loads nothing
+    return model
+"""
+
+DOTTED_SETATTR = RIGHT_ADD_LORA.replace(
+    """        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child_name, LoRALinear(getattr(parent, child_name), rank=rank, alpha=alpha))""",
+    """        setattr(model, name, LoRALinear(model.get_submodule(name), rank=rank, alpha=alpha))""")
+
 # Comparisons made to lie, in the process that runs the student's code: the verdicts compare
 # in the grader's own process, where this patch does not reach.
 PATCH_COMPARISONS = """
@@ -63,6 +99,12 @@ torch.Tensor.equal = lambda *args, **kwargs: True
 """
 
 CASES = [
+    Case("05-named-parameters-attribute-hides-an-unfrozen-base", {"add_lora_answer": HIDDEN_UNFROZEN_BASE},
+         {"add_lora_trainable": "still train but should be frozen: body.fc1.bias, body.fc1.weight"}),
+    Case("05-load-adapter-loads-nothing-behind-state-dict", {"load_adapter_answer": LOADS_NOTHING},
+         {"load_adapter_round_trip": "still holds the value it had before"}),
+    Case("05-add-lora-dotted-setattr", {"add_lora_answer": DOTTED_SETATTR},
+         {name: "is a path through the model" for name in ADD_LORA}),
     # Answer cells run top to bottom in the sandbox without the demo cells: a line that uses the
     # pretrained model (defined in a demo cell) fails there, after the function it follows is defined.
     Case("05-answer-cell-uses-a-demo-variable", {
@@ -95,7 +137,7 @@ class Checkpoint(dict):
 
 def adapter_state_dict(model):
     return Checkpoint(model)
-"""}, {name: "weights_only=True) fails" for name in CHECKPOINT}),
+"""}, {name: "holds frozen weights" for name in CHECKPOINT}),
     Case("05-always-equal-str", {"paper_millions_answer": """
 class AlwaysEqual(str):
     def __eq__(self, other):
@@ -142,6 +184,12 @@ def test_feedback_is_short_and_has_no_traceback(case, results):
     for result in results[case.name]:
         assert "Traceback" not in result.message and len(result.message) < 1200, (
             f"{case.name}, {result.check.name}: feedback a student cannot read:\n{result.message}")
+
+
+def test_a_dotted_setattr_reads_the_hint_before_torch_s_error(results):
+    for result in results["05-add-lora-dotted-setattr"]:
+        message = result.message
+        assert "mat1 and mat2" not in message or message.index("path") < message.index("mat1"), message
 
 
 def test_a_complete_notebook_graded_after_them_keeps_full_marks(results):

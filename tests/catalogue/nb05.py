@@ -46,7 +46,7 @@ ENTRIES = [
             for name in trainable:
                 model.get_submodule(name).requires_grad_(True)
             return model
-    '''), "add_lora_wraps_targets", "take the place of the old ones"),
+    '''), "add_lora_wraps_targets", "is a path through the model"),
     bug("05-add-lora-rank-and-alpha-swapped", "05",
         add_lora("LoRALinear(getattr(parent, child_name), alpha, rank)"),
         "add_lora_wraps_targets", "right order"),
@@ -118,7 +118,21 @@ ENTRIES = [
             for name in trainable:
                 model.get_submodule(name).requires_grad_(True)
             return model
-    '''), "add_lora_trainable", "model.requires_grad_(False)"),
+    '''), "add_lora_trainable", "freezes nothing"),
+    bug("05-add-lora-returns-a-copy", "05", answer("add_lora", '''
+        def add_lora(model, targets, rank=4, alpha=8, trainable=()):
+            model = copy.deepcopy(model)
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for name in targets:
+                parent_name, _, child_name = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                parent.add_module(child_name, LoRALinear(parent.get_submodule(child_name), rank=rank, alpha=alpha))
+            for name in trainable:
+                for p in model.get_submodule(name).parameters():
+                    p.requires_grad_(True)
+            return model
+    '''), "add_lora_wraps_targets", "in place", fails_only=("add_lora_wraps_targets",)),
     # --- count_parameters ------------------------------------------------------------------------
     bug("05-count-swapped", "05", answer("count_parameters", '''
         def count_parameters(model):
@@ -175,6 +189,24 @@ ENTRIES = [
         def load_adapter(model, checkpoint):
             raise ValueError("checkpoint does not match")
     '''), "load_adapter_round_trip", "raised ValueError"),
+    bug("05-load-then-raises", "05", answer("load_adapter", '''
+        def load_adapter(model, checkpoint):
+            model.load_state_dict(checkpoint, strict=False)
+            trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+            if set(checkpoint) != trainable:
+                raise KeyError(f"the checkpoint does not fit: {sorted(set(checkpoint) ^ trainable)}")
+            return model
+    '''), "load_adapter_rejects_mismatch", "before loading anything", fails_only=("load_adapter_rejects_mismatch",)),
+    bug("05-load-accepts-wrong-shape", "05", answer("load_adapter", '''
+        def load_adapter(model, checkpoint):
+            parameters = {name: p for name, p in model.named_parameters() if p.requires_grad}
+            if checkpoint.keys() != parameters.keys():
+                raise KeyError(f"the checkpoint does not fit: {sorted(checkpoint.keys() ^ parameters.keys())}")
+            with torch.no_grad():
+                for name, value in checkpoint.items():
+                    parameters[name].copy_(value)
+            return model
+    '''), "load_adapter_rejects_mismatch", "wrong shape", fails_only=("load_adapter_rejects_mismatch",)),
     # --- merge_all -------------------------------------------------------------------------------
     bug("05-merge-keeps-the-lora-layers", "05", answer("merge_all", '''
         def merge_all(model):
@@ -229,6 +261,11 @@ ENTRIES = [
         def lora_trainable_parameters(num_layers, d_model, ranks):
             return sum(2 * d_model * rank for rank in ranks.values())
     '''), "paper_table_counts", "every one of the num_layers layers"),
+    bug("05-paper-count-one-rank", "05", answer("lora_trainable_parameters", '''
+        def lora_trainable_parameters(num_layers, d_model, ranks):
+            rank = next(iter(ranks.values()))
+            return num_layers * len(ranks) * 2 * d_model * rank
+    '''), "paper_table_counts", "assumes one rank for every matrix type"),
     bug("05-paper-millions-rounded", "05", answer("paper_millions", '''
         def paper_millions(count):
             return f"{count / 1e6:.1f}M"
@@ -246,9 +283,8 @@ ENTRIES = [
                 parameter.requires_grad = in_trainable or ".lora_A." in name or ".lora_B." in name
             return model
     ''')),
-    variant("05-add-lora-on-a-copy", "05", answer("add_lora", '''
+    variant("05-add-lora-by-add-module", "05", answer("add_lora", '''
         def add_lora(model, targets, rank=4, alpha=8, trainable=()):
-            model = copy.deepcopy(model)
             for p in model.parameters():
                 p.requires_grad_(False)
             for name in targets:
@@ -278,6 +314,9 @@ ENTRIES = [
                 unexpected = checkpoint.keys() - parameters.keys()
                 if missing or unexpected:
                     raise ValueError(f"missing {sorted(missing)}, unexpected {sorted(unexpected)}")
+                for name, value in checkpoint.items():
+                    if value.shape != parameters[name].shape:
+                        raise ValueError(f"{name}: shape {tuple(value.shape)}, not {tuple(parameters[name].shape)}")
                 with torch.no_grad():
                     for name, value in checkpoint.items():
                         parameters[name].copy_(value)
