@@ -91,6 +91,7 @@ def searched_notebooks(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", MODES)
 def test_no_answer_code_in_the_processes_that_run_student_code(mode, searched_notebooks):
     sandbox = Sandbox(mode)
