@@ -262,13 +262,14 @@ class _Sent:
             if kind == channel.CELLS:
                 self.cell_errors = _strings_of(data.get("errors"), dict)
                 self.attempts += _strings_of(data.get("attempts"), str)
-                self.undone = _strings_of(data.get("undone"), str)
+                self.undone += [u for u in _strings_of(data.get("undone"), str) if u not in self.undone]
             elif kind == channel.OUTCOMES and isinstance(data.get("group"), int):
                 outcomes = data.get("outcomes")
                 if data["group"] in self.outcomes:
                     self.tampered = "two results for one probe: only one process of the grader sends it"
                 self.outcomes.setdefault(data["group"], outcomes if isinstance(outcomes, list) else [])
                 self.attempts += [a for a in _strings_of(data.get("attempts"), str) if a not in self.attempts]
+                self.undone += [u for u in _strings_of(data.get("undone"), str) if u not in self.undone]
             elif kind == channel.PROBE_ENDED and isinstance(data.get("group"), int):
                 self.probe_ended.setdefault(data["group"], data)
         self.attempts = [printable(a)[:200] for a in self.attempts[:20]]

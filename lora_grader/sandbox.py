@@ -182,12 +182,17 @@ def run_notebook(job: dict, spec: dict, out: Path, fd: int, token: bytes, first_
 
 
 def _probe(index: int, group: list, namespace: dict, send, guards: Guards) -> None:
+    # Student code ran before this probe (an earlier probe, in spawn mode) and runs inside it:
+    # whatever it patched in the grader's modules or torch is put back before the probe starts
+    # and again before its outcomes are sent, and reported.
+    undone = guards.restore()
     outcomes = collect(group[0], namespace, group[0].all_cases)
+    undone += guards.restore()
+    report = {"attempts": list(guards.attempts), "undone": undone[:50]}
     try:
-        send(OUTCOMES, {"group": index, "outcomes": outcomes, "attempts": list(guards.attempts)})
+        send(OUTCOMES, {"group": index, "outcomes": outcomes, **report})
     except channel.TooLarge as error:
-        send(OUTCOMES, {"group": index, "outcomes": [{"status": "probe", "message": str(error)}],
-                        "attempts": list(guards.attempts)})
+        send(OUTCOMES, {"group": index, "outcomes": [{"status": "probe", "message": str(error)}], **report})
 
 
 def _run_probe_forked(index: int, group: list, namespace: dict, timeout: float, send, guards: Guards) -> None:

@@ -299,6 +299,31 @@ payload = buffer.getvalue()
 os.write(frame.f_locals["fd"], b"LGR2" + frame.f_locals["token"] + bytes([3]) + len(payload).to_bytes(4, "big") + payload)
 """
 
+# The attack of issue 15, after the split: during the probe, walk up the frames to the grader's
+# case, then load the code that computes the expected value (bypassing the import guard) and
+# return it. The answers are neither loaded in this process nor readable from it.
+FORGES_WITH_THE_ANSWERS = """
+def lora_flops(num_tokens, in_features, out_features, rank, materialize=False):
+    import os, sys
+    def running():
+        yield walker.gi_frame.f_back
+    walker = running()
+    frame = next(walker)
+    while frame is not None and not ("case" in frame.f_locals and "check" in frame.f_locals):
+        frame = frame.f_back
+    case = frame.f_locals["case"]
+    loaded = [module for name, module in sys.modules.items() if name.startswith("lora_grader.answers")]
+    if not loaded:
+        grader = os.path.dirname(os.path.dirname(frame.f_globals["__file__"]))
+        source = open(os.path.join(grader, "answers", "nb02.py")).read()
+        source = source.replace("from lora_grader.answers.shared import matmul_flops",
+                                "matmul_flops = lambda m, n, p: 2 * m * n * p")
+        namespace = {{}}
+        exec(source, namespace)
+        return namespace["lora_flops"](case)["flops"]
+    return loaded[0].lora_flops(case)["flops"]
+"""
+
 REACHES_FOR_THE_GRADER = """
 import ctypes, gc, os, sys
 reached = []
@@ -569,11 +594,11 @@ CASES = [
     Case("01-release-forges-with-the-token", "01", edited("01", release=True, at_end=[FORGES_WITH_THE_TOKEN]),
          {ALL: "marked as tampered"}, flagged=("f_back", "f_locals", "traceback's frame")),
     Case("02-imports-the-answer-key", "02", edited("02", {
-        "lora_flops_answer": "from lora_grader.checks.nb02 import reference_flops as lora_flops"}),
+        "lora_flops_answer": "from lora_grader.answers.nb02 import lora_flops"}),
          {name: "cannot be imported" for name in FLOPS}, flagged=("grader's own package",)),
     Case("02-imports-the-grader-by-a-computed-name", "02", edited("02", {"lora_flops_answer": (
-        "import importlib\nkey = importlib.import_module('lora_' + 'grader.checks.nb02')\n"
-        "lora_flops = key.reference_flops")}),
+        "import importlib\nkey = importlib.import_module('lora_' + 'grader.answers.nb02')\n"
+        "lora_flops = key.lora_flops")}),
          {name: "cannot be imported" for name in FLOPS}, flagged=("importlib",)),
     Case("02-reaches-for-the-grader", "02", edited("02", at_end=[REACHES_FOR_THE_GRADER]), {},
          refused=("gc.get_objects", "gc.get_referrers", "sys._getframe", "/proc", "ctypes", "sys.settrace", "shell"),
@@ -599,6 +624,9 @@ CASES = [
     Case("01-notebook-of-65-mb", "01", raw(SPARSE_65_MB), {ALL: "larger than 64 MB"}),
 ] + ([
     Case("02-reads-other-work", "02", edited("02", at_end=[READS_OTHER_WORK]), {}),
+    Case("02-release-forges-with-the-answers", "02", edited("02", release=True, at_end=[FORGES_WITH_THE_ANSWERS]),
+         {**{name: "not implemented yet" for name in LAYER}, **{name: "permission" for name in FLOPS}},
+         flagged=("f_back",)),
 ] if CONFINED_FILES else []) + ([
     Case("02-attacks-the-files-around-it", "02", edited("02", at_end=[FILE_ATTACKS]), {}),
 ] if CONFINED_FILES else []) + ([
