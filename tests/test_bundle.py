@@ -6,6 +6,7 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -309,33 +310,86 @@ def test_the_command_scan_finds_commands_and_their_faults(bundle):
 
 # --- the clean room: the zip, a fresh venv, the student README and nothing else ---------------
 
-def _readme_commands(readme: str, section: str) -> list[str]:
+def _readme_blocks(readme: str, section: str) -> list[tuple[str, list[str]]]:
+    """Each ```sh block of a README section: (the paragraph that leads to it, its command lines)."""
     body = readme.split(f"## {section}\n", 1)[1].split("\n## ", 1)[0]
-    [block] = re.findall(r"```sh\n(.*?)```", body, re.S)
-    return block.splitlines()
+    parts = re.split(r"```sh\n(.*?)```", body, flags=re.S)
+    return [(parts[i - 1].strip().split("\n\n")[-1], parts[i].splitlines()) for i in range(1, len(parts), 2)]
+
+
+def _readme_commands(readme: str, section: str, platform: str | None = None) -> list[str]:
+    """The commands of a section's one block, or of the block whose paragraph names `platform`."""
+    blocks = _readme_blocks(readme, section)
+    if platform is not None:
+        blocks = [block for block in blocks if platform in block[0]]
+    [(_, commands)] = blocks
+    return commands
+
+
+# A shared library of NVIDIA's CUDA stack, or of torch's CUDA build, by its file name.
+CUDA_LIBRARY = re.compile(r"^lib(cuda|cudart|cudnn|cublas|cufft|curand|cusolver|cusparse|cupti|nccl|nvrtc|"
+                          r"nvJitLink|nvToolsExt|cufile|torch_cuda|c10_cuda)\w*\.so")
+
+
+def _venv_report(venv: Path) -> tuple[int, list[str]]:
+    """The venv's size in bytes, and every file in it that belongs to CUDA."""
+    size, cuda = 0, []
+    for path in venv.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            size += path.stat().st_size
+            relative = path.relative_to(venv)
+            if "nvidia" in relative.parts or CUDA_LIBRARY.match(path.name):
+                cuda.append(str(relative))
+    return size, cuda
+
+
+def test_readme_gives_each_platform_its_smallest_install(bundle):
+    readme = (bundle.with_suffix("") / "README.md").read_text()
+    [wheel] = bundle.with_suffix("").glob("*.whl")
+    linux = _readme_commands(readme, "Set up", "Linux")
+    mac = _readme_commands(readme, "Set up", "macOS")
+    assert linux[0] == mac[0] == "python3 -m venv .venv"  # Debian and Ubuntu have no `python`
+    assert linux[1] == ".venv/bin/pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu"
+    assert linux[2] == mac[1] == f".venv/bin/pip install --quiet {wheel.name}"
+    assert "WSL" in _readme_blocks(readme, "Set up")[0][0]
+    assert "scikit-learn" in readme and "prints nothing" in readme
 
 
 @pytest.mark.slow
-def test_bundle_works_alone_in_a_fresh_venv(bundle, tmp_path):
+def test_bundle_works_alone_in_a_fresh_venv(bundle, tmp_path, capsys):
     room = tmp_path / "room"
     zipfile.ZipFile(bundle).extractall(room)
     folder = room / "lora-course"
     readme = (folder / "README.md").read_text()
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p) != Path(sys.prefix) / "bin")
+    # Where the CPU index cannot be reached (this project's machines reach only PyPI), pip gives up
+    # on it at once and takes the CPU build of torch from the wheels configured on the machine.
+    env.update(PIP_RETRIES="0", PIP_TIMEOUT="10", PIP_DEFAULT_TIMEOUT="10")
 
     def run(command: str, check=True) -> subprocess.CompletedProcess:
         return subprocess.run(command, shell=True, cwd=folder, env=env, capture_output=True, text=True,
                               check=check)
 
-    make_venv, install = _readme_commands(readme, "Set up")
-    run(make_venv.replace("python ", f"{sys.base_prefix}/bin/python3 ", 1))  # a Python outside any venv
-    run(".venv/bin/pip install --quiet torch==2.13.0")  # as CI: the CPU build on this machine's disk
-    run(install)
+    start = time.perf_counter()
+    for command in _readme_commands(readme, "Set up", "Linux"):  # literally, as a student types them
+        run(command)
+    install_time = time.perf_counter() - start
     where = run(".venv/bin/python -c " + shlex.quote(
-        "import importlib.util, lora_grader; print(lora_grader.__file__); "
+        "import importlib.util, lora_grader, torch; print(lora_grader.__file__); print(torch.version.cuda); "
         "assert importlib.util.find_spec('lora_grader.checks.hidden') is None"))
-    assert Path(where.stdout.strip()).is_relative_to(folder / ".venv")
+    module, cuda_version = where.stdout.split()
+    assert Path(module).is_relative_to(folder / ".venv")
+    assert cuda_version == "None", f"torch was built with CUDA {cuda_version}"
+    packages = [package["name"] for package in json.loads(run(".venv/bin/pip list --format=json").stdout)]
+    assert not [name for name in packages if re.match(r"(nvidia|cuda|triton)", name, re.I)], packages
+    assert "scikit-learn" in packages
+    size, cuda = _venv_report(folder / ".venv")
+    assert not cuda, cuda[:20]
+    assert size < 2e9, f"the venv holds {size / 1e9:.1f} GB"
+    with capsys.disabled():
+        print(f"\nthe README's install (Linux): {install_time:.0f} s, a venv of {size / 1e6:,.0f} MB")
+
     [self_check] = _readme_commands(readme, "Check your work")
 
     untouched = run(self_check, check=False)
