@@ -26,14 +26,31 @@ Five graded Jupyter notebooks in `course/lora/`. Work through them in order; eac
 
 ## Set up
 
-Two commands, run in this folder (Python 3.10 or newer):
+Run these in this folder, with Python 3.10 or newer. On Linux, and on Windows inside WSL:
 
 ```sh
-python -m venv .venv
+python3 -m venv .venv
+.venv/bin/pip install --quiet torch --index-url https://download.pytorch.org/whl/cpu
 .venv/bin/pip install --quiet {wheel}
 ```
 
-The wheel installs PyTorch, JupyterLab, pytest and the course's grader. Then open the notebooks
+The second command installs the CPU build of PyTorch, which is all the course needs: without it,
+pip would fetch the GPU build, with NVIDIA's CUDA libraries: several gigabytes. On macOS, leave
+that command out (PyPI's PyTorch for the Mac has no CUDA libraries):
+
+```sh
+python3 -m venv .venv
+.venv/bin/pip install --quiet {wheel}
+```
+
+pip prints nothing while it works (`--quiet`): wait for the prompt to come back. On Linux it downloads
+about 370 MB, 190 MB of it PyTorch (six minutes at 1 MB/s), then installs them in a few minutes
+more (under five on a busy 2-core machine); the `.venv` folder ends up at about 1.5 GB. If
+`python3 -m venv` says that ensurepip is not available (Debian, Ubuntu), install that first:
+`sudo apt install python3-venv`.
+
+The wheel installs PyTorch (it keeps the one installed above), scikit-learn (notebook 05's digits
+ship inside it), matplotlib, JupyterLab, pytest and the course's grader. Then open the notebooks
 with `.venv/bin/jupyter lab course/lora`. On Windows, work inside WSL: the notebooks' test cells
 run anywhere, but the self-check below runs on Linux and macOS.
 
