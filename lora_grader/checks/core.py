@@ -305,21 +305,3 @@ def base_linear(in_features: int, out_features: int, seed: int) -> torch.nn.Line
         layer.bias.copy_(tensor((out_features,), seed + 2))
     return layer
 
-
-# Transitional: check modules not yet split into probe and verdict still import the judging
-# helpers from here. Removed once every notebook's verdicts live in lora_grader.verdicts.
-_MOVED = {"CheckFailed", "fail", "describe", "shape_str", "expect_tensor", "max_error", "is_close", "numbers",
-          "fit_scale", "judge", "run_check", "wrapped"}
-
-
-def __getattr__(name):
-    if name in _MOVED:
-        from lora_grader.verdicts import core as verdicts_core
-        return getattr(verdicts_core, name)
-    if name == "matmul_flops":  # not from lora_grader.answers: the student wheel has none
-
-        def matmul_flops(m: int, n: int, p: int) -> int:
-            return 2 * m * n * p
-
-        return matmul_flops
-    raise AttributeError(name)

@@ -264,22 +264,3 @@ HIDDEN = hidden_cases_of("layer", layer_cases, large_cases)
 HIDDEN_CASES = HIDDEN["layer"]
 FLOP_HIDDEN = HIDDEN["flops"]
 
-
-def __getattr__(name):
-    # Transitional: notebook 04's checks, not yet split into probe and verdict, import this hint.
-    # Removed once they are (the verdict is lora_grader.verdicts.layer.scaling_hint).
-    if name == "scaling_hint":
-
-        def scaling_hint(measured: float, case) -> str:
-            alpha, r = case["alpha"], case["rank"]
-            right = alpha / r
-            for wrong, cause in ((1.0, "no scaling at all"), (alpha, "alpha instead of alpha / rank"),
-                                 (r / alpha, "rank / alpha instead of alpha / rank"),
-                                 (1 / r, "1 / rank, without alpha"), (right ** 2, "alpha / rank applied twice")):
-                if abs(measured - wrong) < 1e-4 * max(1.0, abs(wrong)):
-                    return (f"the LoRA term is scaled by {measured:g} but expected alpha / rank = {right:g} "
-                            f"(alpha={alpha}, rank={r}): that is {cause}")
-            return f"the LoRA term is scaled by {measured:.4g} but expected alpha / rank = {right:g}"
-
-        return scaling_hint
-    raise AttributeError(name)
