@@ -127,7 +127,9 @@ def _plain_linear(weight, bias, x):
     if bias is not None and not isinstance(bias, torch.Tensor):
         return None
     weight, bias = plain(weight), None if bias is None else plain(bias)
-    if weight.dim() != 2 or weight.shape[1] != x.shape[-1] or (bias is not None and tuple(bias.shape) != weight.shape[:1]):
+    if weight.dim() != 2 or weight.shape[1] != x.shape[-1]:
+        return None
+    if bias is not None and tuple(bias.shape) != tuple(weight.shape[:1]):
         return None
     with torch.no_grad():
         return F.linear(x.double(), weight.double(), None if bias is None else bias.double())

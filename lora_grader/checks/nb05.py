@@ -14,13 +14,12 @@ import torch.nn as nn
 from lora_grader.checks.core import (
     Check, hidden_cases_of, returned, tensor, true_grad, true_numel, true_parameters, true_requires_grad,
 )
-from lora_grader.checks.core import _module_dict
 from lora_grader.checks.nb05_checkpoint import (
     _probe_adapter_state_dict, _probe_load_adapter, _probe_load_mismatch, _probe_merge_all,
 )
 from lora_grader.checks.nb05_models import (
-    TIED, adapter_weights, attribute, build_model, copy, dotted_children,
-    count_model, error_text, is_lora, kind, linear_names, model_input, submodule, walk,
+    TIED, adapter_weights, attribute, build_model, copy, count_model, dotted_children, error_text, is_lora, kind,
+    linear_names, model_input, own_dict, submodule, walk,
 )
 
 MANUAL_POINTS = {"why_lora_beats_the_head": 2}
@@ -55,7 +54,7 @@ def _probe_add_lora(namespace, case):
         "targets": {name: _module_info(submodule(result, name)) for name in case["targets"]},
         "lora_modules": sorted(path for path, module in walk(result) if is_lora(module)),
         "module_flags": sorted(path or "the model" for path, module in walk(result)
-                               if "requires_grad" in _module_dict(module)),
+                               if "requires_grad" in own_dict(module)),
         "linears": {},
         "parameters": [{"name": name, "numel": true_numel(p), "requires_grad": true_requires_grad(p)}
                        for name, p in true_parameters(result)],

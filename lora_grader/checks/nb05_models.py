@@ -104,8 +104,17 @@ def model_input(case):
 
 # --- reading a model as nn.Module stores it ----------------------------------------------------
 
+def own_dict(module) -> dict:
+    """The object's own __dict__, whatever its class says ({} for None and other objects without one)."""
+    try:
+        own = _module_dict(module)
+    except AttributeError:
+        return {}
+    return own if isinstance(own, dict) else {}
+
+
 def _table(module, table: str) -> dict:
-    own = _module_dict(module).get(table)
+    own = own_dict(module).get(table)
     return dict(dict.items(own)) if isinstance(own, dict) else {}
 
 
@@ -147,12 +156,12 @@ def attribute(module, name):
         own = _table(module, table)
         if name in own:
             return own[name]
-    return _module_dict(module).get(name)
+    return own_dict(module).get(name)
 
 
 def is_lora(module) -> bool:
     children = _table(module, "_modules")
-    return module is not None and all(name in children for name in ("base_layer", "lora_A", "lora_B"))
+    return all(name in children for name in ("base_layer", "lora_A", "lora_B"))
 
 
 def copy(value):
@@ -168,7 +177,7 @@ def state(module) -> dict[str, torch.Tensor]:
     values = {}
     for path, current in walk(module):
         prefix = f"{path}." if path else ""
-        skipped = _module_dict(current).get("_non_persistent_buffers_set") or set()
+        skipped = own_dict(current).get("_non_persistent_buffers_set") or set()
         for table in ("_parameters", "_buffers"):
             for name, value in _table(current, table).items():
                 if isinstance(value, torch.Tensor) and not (table == "_buffers" and name in skipped):

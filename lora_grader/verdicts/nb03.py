@@ -119,7 +119,7 @@ def _judge_prediction(keys, case, expected, data):
         fail("\n  ".join(["a fresh layer (lora_B = 0, base frozen) after one backward pass:"]
                          + [f"{key}: {prediction[key]!r} is not what one backward pass leaves. Hint: {LOOK_AT[key]}"
                             for key in wrong]),
-             cause="wrong_" + "_".join(key.split(".")[0] for key in wrong))
+             cause="wrong:" + "+".join(wrong))  # e.g. "wrong:lora_A.weight"
 
 
 def gradient_prediction_base(case, expected, data):

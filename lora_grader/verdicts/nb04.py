@@ -196,7 +196,8 @@ def merge_keeps_output(case, expected, data):
             elif not is_close(state["weight"], expected["merged_weight"]):
                 why, cause = "the merged weight is wrong: fix merge_lora_weight first", "merged_weight"
             else:
-                why, cause = "merging must not change what the layer computes, beyond float32 rounding", "output_changed"
+                why, cause = ("merging must not change what the layer computes, beyond float32 rounding",
+                              "output_changed")
             fail(f"{when}, the output differs from base(x) + scaling · lora_B(lora_A(x)) by up to "
                  f"{max_error(out, out_expected):.3g} (expected {numbers(out_expected)}, got {numbers(out)}): {why}",
                  case, cause=cause)
@@ -296,7 +297,8 @@ def unmerge_forward(case, expected, data):
         return
     hint, cause = "", "unmerged_forward"
     if is_close(out, expected["base_out"]):
-        hint, cause = ": it is base(x) alone, so forward skips the adapter although nothing is merged any more", "skips_adapter"
+        hint = ": it is base(x) alone, so forward skips the adapter although nothing is merged any more"
+        cause = "skips_adapter"
     elif not is_close(data["unmerged"]["weight"], expected["W"]):
         hint, cause = ": the base weight was not restored (see unmerge_lora_restores_weight)", "not_restored"
     fail(f"after unmerge_lora(), the output should be base(x) + scaling · lora_B(lora_A(x)) again, as before "
