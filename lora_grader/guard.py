@@ -184,6 +184,9 @@ def _refusal(event: str, args: tuple, protected: frozenset) -> str:
 
 
 _MISSING = object()
+# Attributes Python itself adds to a class on first use: copy and pickle cache a class's slot
+# names in __slotnames__ (copy.deepcopy of a tensor does it to torch.Tensor). Not a patch.
+_CACHES = {"__slotnames__"}
 
 
 class _Snapshot:
@@ -217,7 +220,7 @@ class _Snapshot:
         for cls, saved in self.classes.items():
             current = vars(cls)
             changed = [name for name, value in saved.items() if current.get(name, _MISSING) is not value]
-            added = [name for name in current if name not in saved]
+            added = [name for name in current if name not in saved and name not in _CACHES]
             for name in changed + added:
                 try:
                     if name in saved:
