@@ -140,6 +140,11 @@ def test_no_object_in_the_grader_answers_a_task_in_the_sandbox(tmp_path):
     for key in NOTEBOOKS:
         unsolved = _release_cells(key)
         for number, imports in enumerate(_candidates(key, public_only=True)):
+            # Notebook 04's MergeableLoRALinear stays solved (export_merged is graded on it), and
+            # the sandbox refuses the import: its own checks would pass for the solution's sake.
+            imports = {task: line for task, line in imports.items() if (key, task) != ("04", "MergeableLoRALinear")}
+            if not imports:
+                continue
             entry = _submission(key, imports, number, unsolved)
             jobs[entry.name] = (key, write_submission(entry, tmp_path / entry.name, keep_demos=False))
             imports_of[entry.name] = imports
