@@ -102,14 +102,14 @@ def init(case, expected, data):
     if A.numel() > 1 and (A == A.flatten()[0]).all():
         fail(f"lora_A is filled with one constant ({A.flatten()[0].item():g}), as torch.ones or "
              "nn.init.constant_ would do: its rows are all equal, so the rank directions of the "
-             "adapter collapse into one. Draw A from a Gaussian (nn.init.normal_).", case, cause="A_constant")
+             "adapter collapse into one. Look at how the notebook says A is initialised.", case, cause="A_constant")
     if torch.equal(A_again, data["A_init"]):
-        fail("lora_A came out identical in two new layers: it should be random, e.g. nn.init.normal_ "
-             "or torch.randn, not a fixed pattern or a fixed seed inside __init__", case, cause="A_not_random")
+        fail("lora_A came out identical in two new layers: it should be random, "
+             "not a fixed pattern or a fixed seed inside __init__", case, cause="A_not_random")
     rank = torch.linalg.matrix_rank(A).item()
     if rank < expected["rank"]:
         fail(f"lora_A has rank {rank} but should have full rank {expected['rank']}: "
-             "a constant fill (e.g. torch.ones) makes every direction the same", case, cause="A_low_rank")
+             "a constant fill makes every direction the same", case, cause="A_low_rank")
 
 
 # --- the outputs ---------------------------------------------------------------------------
@@ -199,19 +199,19 @@ def base_frozen(case, expected, data):
         if parameter["requires_grad"] and frozen:
             fail(f"{parameter['name']} still requires grad, so the optimizer would train it: only part of "
                  f"the base layer was frozen ({', '.join(frozen)}). Freezing the weight alone leaves the "
-                 "bias training; freeze every parameter with `base_layer.requires_grad_(False)`.", case,
+                 "bias training: every parameter of the base layer must be frozen.", case,
                  cause="partly_frozen")
         if parameter["requires_grad"]:
             fail(f"{parameter['name']} still requires grad, so the optimizer would train the base layer. "
-                 "Note `module.requires_grad = False` only sets an attribute; use "
-                 "`base_layer.requires_grad_(False)` or set it on every parameter.", case, cause="not_frozen")
+                 "Note `module.requires_grad = False` only sets an attribute of the module; look at what "
+                 "each parameter's requires_grad says.", case, cause="not_frozen")
         if parameter["grad_norm"] is not None:
             fail(f"{parameter['name']} received a gradient in backward: the base must be frozen", case,
                  cause="base_gets_gradient")
     for name, norm in data.get("given_base_grads", {}).items():
         if norm is not None:
             fail(f"{name} received a gradient in backward, so the base layer is not frozen (is it kept "
-                 "where the module does not register it?): freeze it with `base_layer.requires_grad_(False)`",
+                 "where the module does not register it, or not frozen at all?)",
                  case, cause="unregistered_base_trains")
 
 

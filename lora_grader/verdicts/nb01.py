@@ -77,7 +77,7 @@ def _shape_hint(seen, case, expected) -> tuple[str, str]:
     if seen[-1:] == [case["rank"]]:
         return "the last dimension is the rank: the result of x @ A still needs `@ B`.", "forgot_B"
     if len(seen) != len(case["x_shape"]):
-        return ("the leading dimensions of x were lost: use `@`, which keeps them, rather than reshaping.",
+        return ("the leading dimensions of x were lost: look for a reshape or a flatten that drops them.",
                 "lost_leading_dimensions")
     return "check the order of the matrix products: x (…, in) @ A (in, r) @ B (r, out).", "wrong_shape"
 

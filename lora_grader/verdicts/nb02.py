@@ -20,7 +20,7 @@ def lora_flops(case, expected, data):
     call = f"lora_flops({N}, {d}, {k}, {r}, materialize={materialize})"
     if data["kind"] != "int":
         seen = data.get("value", data.get("repr"))
-        hint = " (use int(...) or integer arithmetic)" if data["kind"] == "float" else ""
+        hint = " (a FLOP count is a whole number: where does a float come in?)" if data["kind"] == "float" else ""
         fail(f"{call} returned a {data['kind']} ({seen}) but should return an int{hint}", cause="not_int")
     if data["value"] != expected["flops"]:
         key = dict(expected["wrong"]).get(data["value"])
