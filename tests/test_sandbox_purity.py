@@ -49,8 +49,8 @@ def _answer_code_reachable():
                 except ValueError:
                     pass
         elif isinstance(value, dict):
-            todo += list(value.values())
-        elif isinstance(value, (list, tuple, set, frozenset)):
+            todo += list(dict.values(value))  # not value.values(): a lazy mapping imports on access
+        elif type(value) in (list, tuple, set, frozenset):
             todo += list(value)
         elif isinstance(value, types.MethodType):
             todo.append(value.__func__)
