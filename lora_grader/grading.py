@@ -93,7 +93,7 @@ class Sandbox:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), env.get("PYTHONPATH")]))
         with open(self.outdir / "sandbox.log", "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lora_grader.sandbox"],
+                [sys.executable, "-m", "lora_grader.sandbox", self.mode],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=self.outdir, env=env,
                 start_new_session=True,  # one process group: every descendant is killed at the end
             )

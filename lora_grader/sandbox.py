@@ -1,6 +1,6 @@
 """The sandbox: where student code runs, away from the grader.
 
-`python -m lora_grader.sandbox` imports torch and the checks, then reads one job (a JSON line)
+`python -m lora_grader.sandbox fork|spawn` imports torch and the checks, then reads one job (a JSON line)
 from stdin: notebooks to run, each with an id, at most `parallel` at a time. Importing first lets
 the grader start the sandbox before it knows what to grade. Each notebook runs in a process forked
 from here, and each probe in a process forked from the notebook's, so an exit, a crash or a hang
@@ -15,6 +15,7 @@ below it, kills every process a notebook left behind, however it detached itself
 from __future__ import annotations
 
 import builtins
+import io
 import json
 import linecache
 import os
@@ -35,7 +36,8 @@ import torch
 from lora_grader import channel
 from lora_grader.channel import CELLS, OUTCOMES, PROBE_ENDED, PROBE_STARTED, PROGRESS
 from lora_grader.checks import NOTEBOOKS, probe_groups
-from lora_grader.checks.core import collect, count_flops, safe_str
+from lora_grader.checks.core import collect, count_flops_and_largest, safe_str
+from lora_grader.checks.physical import zero_linear
 from lora_grader.confinement import PR_SET_CHILD_SUBREAPER, landlock, landlock_abi, prctl, readable_roots, seccomp
 from lora_grader.guard import GRADER_DIR, Guards
 
@@ -456,17 +458,20 @@ def _finish(notebook: _Notebook, ended: tuple[str, int]) -> None:
 
 def _warm_up() -> None:
     torch.set_num_threads(1)  # small tensors, and forking after a thread pool exists is unsafe
-    count_flops(lambda: torch.ones(1, 1) @ torch.ones(1, 1))  # its first use costs seconds: pay once
-    import matplotlib.pyplot  # noqa: F401  the notebooks plot; importing it takes seconds: pay once
     for key in NOTEBOOKS:
         probe_groups(key)  # every check module, imported before student code could shadow one
+    # The first use of the measuring tools imports parts of torch (sympy for shapes, the
+    # machinery of tensor subclasses, serialization): a second or more. Pay it once, here, on
+    # sizes too small to matter, rather than in every probe forked from a notebook.
+    layer = zero_linear(2, 3, seed=0)
+    count_flops_and_largest(lambda: _save(layer(torch.ones(1, 2)).detach(), io.BytesIO()))
 
 
 def main() -> None:
+    if sys.argv[1:] == ["fork"]:
+        _warm_up()  # once, for every notebook forked from here, while the grader still collects
     line = sys.stdin.readline()
     job = json.loads(line) if line.strip() else None
-    if job is not None and job["mode"] == "fork":
-        _warm_up()  # once, for every notebook forked from here
     subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1)
     if job is None:
         return
