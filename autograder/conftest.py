@@ -6,6 +6,8 @@ back plain data that the verdicts judge here. A table of points closes the run.
 """
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from lora_grader.report import integrity_report, points_table
 SANDBOX = pytest.StashKey[Sandbox]()
 RESULTS = pytest.StashKey[dict]()
 INTEGRITY = pytest.StashKey[dict]()
+EXIT_STATUS = pytest.StashKey[int]()
 
 
 def pytest_addoption(parser):
@@ -34,9 +37,24 @@ def pytest_sessionstart(session):
     session.config.stash[SANDBOX] = Sandbox(session.config.getoption("--sandbox"))  # imports torch while pytest collects
 
 
-def pytest_sessionfinish(session):
+def pytest_sessionfinish(session, exitstatus):
     if SANDBOX in session.config.stash:
         session.config.stash[SANDBOX].close()
+    session.config.stash[EXIT_STATUS] = int(exitstatus)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Everything is reported: end the process now. Python's own shutdown, with torch loaded,
+    takes most of a second, paid on every self-check. Only when pytest is the program (not when
+    pytest.main() was called from another program, which must go on)."""
+    main = sys.modules.get("__main__")
+    is_pytest = (getattr(getattr(main, "__spec__", None), "name", "") == "pytest.__main__"
+                 or Path(getattr(main, "__file__", "") or "").name in {"pytest", "py.test"})
+    if is_pytest and EXIT_STATUS in config.stash:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(config.stash[EXIT_STATUS])
 
 
 def _notebook_dir(config) -> Path:
