@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lora_grader.checks import NOTEBOOKS
-from lora_grader import confinement
+from lora_grader import confinement, timeline
 from lora_grader.grading import MODES, SUPPORTED, UNSUPPORTED_MESSAGE, Sandbox
 from lora_grader.report import integrity_report, points_table
 
@@ -43,10 +43,11 @@ def pytest_sessionfinish(session, exitstatus):
     session.config.stash[EXIT_STATUS] = int(exitstatus)
 
 
-@pytest.hookimpl(trylast=True)
+@pytest.hookimpl(tryfirst=True)
 def pytest_unconfigure(config):
-    """Everything is reported: end the process now. Python's own shutdown, with torch loaded,
-    takes most of a second, paid on every self-check. Only when pytest is the program (not when
+    """Everything is reported (pytest_sessionfinish printed the last line): end the process now.
+    Python's shutdown with torch loaded, and pytest's own search for unraisable exceptions (two
+    full garbage collections), take most of a second, paid on every self-check. Only when pytest is the program (not when
     pytest.main() was called from another program, which must go on)."""
     main = sys.modules.get("__main__")
     is_pytest = (getattr(getattr(main, "__spec__", None), "name", "") == "pytest.__main__"
@@ -67,6 +68,7 @@ def graded(request):
     """Judge one check of the notebook this test module is about; fails with the feedback."""
     config = request.config
     if RESULTS not in config.stash:
+        timeline.mark("grader: tests collected")
         keys = {item.module.NOTEBOOK for item in request.session.items if hasattr(item.module, "NOTEBOOK")}
         sandbox = config.stash[SANDBOX]
         results = sandbox.grade(_notebook_dir(config), keys)

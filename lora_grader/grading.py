@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lora_grader import channel, integrity
+from lora_grader import channel, integrity, timeline
 from lora_grader.checks import NOTEBOOKS, checks_of, probe_groups
 from lora_grader.notebook import NotebookUnreadable, code_cells
 
@@ -97,6 +97,7 @@ class Sandbox:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, cwd=self.outdir, env=env,
                 start_new_session=True,  # one process group: every descendant is killed at the end
             )
+        timeline.mark("grader: sandbox started")
 
     def grade(self, notebook_dir: Path, keys, timeouts: Timeouts = Timeouts()) -> dict[str, list[CheckResult]]:
         """Grade the course notebooks `keys` found in one folder: {"01": [CheckResult, ...]}."""
@@ -121,6 +122,9 @@ class Sandbox:
                 continue
             self.integrity[job_id] = Integrity(flags=[str(flag) for flag in integrity.scan(cells)])
             specs.append({"id": job_id, "key": key, "cells": cells})
+        # The notebooks with the most cases first: they take longest, and the short ones then
+        # fill the gaps at the end, so the last result arrives sooner.
+        specs.sort(key=lambda spec: -_cases(spec["key"]))
         job = {
             "notebooks": specs,
             "parallel": parallel or max(2, os.cpu_count() or 1),
@@ -143,6 +147,7 @@ class Sandbox:
             if record is None and job_id not in unreadable:
                 self.unreported.add(job_id)
             results[job_id] = self._judge(job_id, key, record, unreadable.get(job_id))
+            timeline.mark(f"grader: notebook {key} judged")
             if on_notebook is not None:
                 on_notebook(job_id, results[job_id])
 
@@ -217,6 +222,10 @@ class Sandbox:
     def close(self) -> None:
         self._stop()
         shutil.rmtree(self.outdir, ignore_errors=True)  # with it, whatever student code wrote there
+
+
+def _cases(key: str) -> int:
+    return sum(len(group[0].all_cases) for group in probe_groups(key))
 
 
 def grade(notebook_dir: Path, keys=None, timeouts: Timeouts = Timeouts()) -> dict[str, list[CheckResult]]:

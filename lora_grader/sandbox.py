@@ -33,13 +33,15 @@ from pathlib import Path
 
 import torch
 
-from lora_grader import channel
+from lora_grader import channel, timeline
 from lora_grader.channel import CELLS, OUTCOMES, PROBE_ENDED, PROBE_STARTED, PROGRESS
 from lora_grader.checks import NOTEBOOKS, probe_groups
 from lora_grader.checks.core import collect, count_flops_and_largest, safe_str
 from lora_grader.checks.physical import zero_linear
 from lora_grader.confinement import PR_SET_CHILD_SUBREAPER, landlock, landlock_abi, prctl, readable_roots, seccomp
 from lora_grader.guard import GRADER_DIR, Guards
+
+timeline.mark("sandbox: torch and the checks imported")
 
 __all__ = ["landlock_abi", "LIMITS"]
 
@@ -116,6 +118,7 @@ def _isolate(out: Path, keep_fd: int, limits: dict) -> None:
     descriptor of the sandbox but its own results pipe, bounded memory and file sizes, and what
     the kernel enforces (confinement.py)."""
     os.setpgid(0, 0)
+    os.environ.pop(timeline.VARIABLE, None)
     scratch = out / "scratch"
     scratch.mkdir(exist_ok=True)  # spawn mode: a later worker of the same notebook finds it
     os.chdir(scratch)
@@ -448,6 +451,7 @@ def _end_process(notebook: _Notebook) -> None:
 
 
 def _finish(notebook: _Notebook, ended: tuple[str, int]) -> None:
+    timeline.mark(f"sandbox: notebook {notebook.spec['key']} finished")
     how, code = ended
     header = {"id": notebook.id, "how": how, "code": code, "tampered": notebook.tampered, "limit": notebook.limit,
               "lost": {str(index): list(lost) for index, lost in notebook.lost.items()}}
@@ -465,6 +469,7 @@ def _warm_up() -> None:
     # sizes too small to matter, rather than in every probe forked from a notebook.
     layer = zero_linear(2, 3, seed=0)
     count_flops_and_largest(lambda: _save(layer(torch.ones(1, 2)).detach(), io.BytesIO()))
+    timeline.mark("sandbox: warmed up")
 
 
 def main() -> None:
@@ -472,6 +477,7 @@ def main() -> None:
         _warm_up()  # once, for every notebook forked from here, while the grader still collects
     line = sys.stdin.readline()
     job = json.loads(line) if line.strip() else None
+    timeline.mark("sandbox: job received")
     subreaper = prctl(PR_SET_CHILD_SUBREAPER, 1)
     if job is None:
         return
@@ -483,6 +489,7 @@ def main() -> None:
             notebook = _Notebook(pending.pop(0), outdir, job)
             _start(notebook, [n.fd for n in running.values()])
             running[notebook.pid] = notebook
+            timeline.mark(f"sandbox: notebook {notebook.spec['key']} started")
         ready = select.select([n.fd for n in running.values()], [], [], 0.01)[0]
         for notebook in list(running.values()):
             if notebook.fd in ready:
