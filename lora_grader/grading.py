@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import queue
 import re
 import shutil
 import signal
@@ -159,7 +160,7 @@ class Sandbox:
                 self.process.stdin.close()
             except BrokenPipeError:
                 pass
-            while (record := channel.read_record(self.process.stdout)) is not None:
+            for record in self._records():
                 job_id = record[0].get("id")
                 if job_id in jobs and job_id not in results:
                     judged(job_id, record)
@@ -170,6 +171,22 @@ class Sandbox:
             watchdog.cancel()
             self.close()
         return {job_id: results[job_id] for job_id in jobs}
+
+    def _records(self):
+        """The sandbox's records as they arrive. A thread reads them, so that the sandbox never
+        waits on a full pipe while this process judges: it starts its next notebook at once."""
+        arrived: queue.Queue = queue.Queue(maxsize=64)  # bounded: a slow judge holds the sandbox back, not memory
+
+        def read() -> None:
+            try:
+                while (record := channel.read_record(self.process.stdout)) is not None:
+                    arrived.put(record)
+            finally:
+                arrived.put(None)
+
+        threading.Thread(target=read, daemon=True).start()
+        while (record := arrived.get()) is not None:
+            yield record
 
     def _judge(self, job_id: str, key: str, record, unreadable: str | None) -> list[CheckResult]:
         from lora_grader.verdicts.core import CheckFailed, judge
