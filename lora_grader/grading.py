@@ -88,6 +88,7 @@ class Sandbox:
         # Notebooks the sandbox never reported on (it died, or hung past the watchdog): their
         # verdicts say the grader failed, not the student, and must not be kept as grades.
         self.unreported: set[str] = set()
+        self.keep_records, self.records = False, {}  # the sandbox's raw records, for tests/recorded.py
         self.run_id = uuid.uuid4().hex  # in the environment of every process of this run, to find strays
         env = dict(os.environ, MPLBACKEND="Agg", OMP_NUM_THREADS="1", PYTHONDONTWRITEBYTECODE="1",
                    LORA_GRADING_RUN=self.run_id)
@@ -189,42 +190,11 @@ class Sandbox:
             yield record
 
     def _judge(self, job_id: str, key: str, record, unreadable: str | None) -> list[CheckResult]:
-        from lora_grader.verdicts.core import CheckFailed, judge
-
+        if self.keep_records:
+            self.records[job_id] = record
         if unreadable:
             return [CheckResult(key, check, printable(unreadable), "unreadable") for check in checks_of(key)]
-        header, frames = record if record is not None else ({}, [])
-        sent = _Sent(frames)
-        integrity_of = self.integrity.setdefault(job_id, Integrity())
-        integrity_of.attempts = sent.attempts
-        integrity_of.undone = sent.undone
-        if header.get("tampered") or sent.tampered:
-            integrity_of.tampered = printable(str(header.get("tampered") or sent.tampered))[:300]
-        notes = _cell_error_notes(sent.cell_errors)
-        ended = _how_notebook_ended(header, sent.progress) if record is not None else (
-            "the notebook was still running when the grader's time ran out")
-        by_check = {}
-        for index, group in enumerate(probe_groups(key)):
-            lost = header.get("lost", {}).get(str(index)) if isinstance(header.get("lost"), dict) else None
-            if isinstance(lost, list) and len(lost) == 2:
-                lost = {"how": lost[0], "code": lost[1]}
-            outcomes = sent.outcomes.get(index) or _probe_failure(
-                sent.probe_ended.get(index) or lost, ended, self.timeouts.check)
-            for check in group:
-                try:
-                    if integrity_of.tampered:
-                        raise CheckFailed(f"this notebook is marked as tampered ({integrity_of.tampered}): "
-                                          "it scores 0 until a person has looked at it", cause="tampered")
-                    judge(check, check.all_cases, outcomes, notes)
-                    message, cause = "", ""
-                except CheckFailed as failure:
-                    message, cause = str(failure), failure.cause or "wrong"
-                except Exception as error:  # a verdict that could not read what came back
-                    message = (f"the grader could not judge what `{check.task}` produced "
-                               f"({type(error).__name__}): was it changed on its way back?")
-                    cause = "unreadable"
-                by_check[check.name] = CheckResult(key, check, printable(message), cause)
-        return [by_check[check.name] for check in checks_of(key)]
+        return judge_record(key, record, self.integrity.setdefault(job_id, Integrity()), self.timeouts.check)
 
     def _stop(self) -> None:
         """Kill the sandbox and every process it started, once: later, its group id may be reused."""
@@ -239,6 +209,44 @@ class Sandbox:
     def close(self) -> None:
         self._stop()
         shutil.rmtree(self.outdir, ignore_errors=True)  # with it, whatever student code wrote there
+
+
+def judge_record(key: str, record, integrity_of: Integrity, check_timeout: float) -> list[CheckResult]:
+    """Judge what the sandbox sent for one notebook (None: nothing came back), in this process.
+    A pure function of the record: a recorded one is judged as a fresh one (tests/recorded.py)."""
+    from lora_grader.verdicts.core import CheckFailed, judge
+
+    header, frames = record if record is not None else ({}, [])
+    sent = _Sent(frames)
+    integrity_of.attempts = sent.attempts
+    integrity_of.undone = sent.undone
+    if header.get("tampered") or sent.tampered:
+        integrity_of.tampered = printable(str(header.get("tampered") or sent.tampered))[:300]
+    notes = _cell_error_notes(sent.cell_errors)
+    ended = _how_notebook_ended(header, sent.progress) if record is not None else (
+        "the notebook was still running when the grader's time ran out")
+    by_check = {}
+    for index, group in enumerate(probe_groups(key)):
+        lost = header.get("lost", {}).get(str(index)) if isinstance(header.get("lost"), dict) else None
+        if isinstance(lost, list) and len(lost) == 2:
+            lost = {"how": lost[0], "code": lost[1]}
+        outcomes = sent.outcomes.get(index) or _probe_failure(
+            sent.probe_ended.get(index) or lost, ended, check_timeout)
+        for check in group:
+            try:
+                if integrity_of.tampered:
+                    raise CheckFailed(f"this notebook is marked as tampered ({integrity_of.tampered}): "
+                                      "it scores 0 until a person has looked at it", cause="tampered")
+                judge(check, check.all_cases, outcomes, notes)
+                message, cause = "", ""
+            except CheckFailed as failure:
+                message, cause = str(failure), failure.cause or "wrong"
+            except Exception as error:  # a verdict that could not read what came back
+                message = (f"the grader could not judge what `{check.task}` produced "
+                           f"({type(error).__name__}): was it changed on its way back?")
+                cause = "unreadable"
+            by_check[check.name] = CheckResult(key, check, printable(message), cause)
+    return [by_check[check.name] for check in checks_of(key)]
 
 
 def _cases(key: str) -> int:
