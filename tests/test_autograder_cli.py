@@ -7,7 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from lora_grader.checks import NOTEBOOKS, checks_of
+
+pytestmark = pytest.mark.slow  # each test runs `pytest autograder` in a process of its own
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK_COUNT = sum(len(checks_of(key)) for key in NOTEBOOKS)

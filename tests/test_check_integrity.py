@@ -114,6 +114,7 @@ def _grade_in_kernel(path, key, names=None) -> dict:
     return passed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", NOTEBOOKS)
 def test_no_object_in_the_grader_answers_a_task_in_the_kernel(key, tmp_path):
     earned = []

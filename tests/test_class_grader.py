@@ -18,6 +18,8 @@ from lora_grader.grading import grade
 from lora_grader.report import points_table
 from nbgrader_course import Course
 
+pytestmark = pytest.mark.slow  # each test runs lora-grade on a class, in sandboxes
+
 FULL = sum(check.points for key in NOTEBOOKS for check in checks_of(key))
 BUG = next(entry for entry in ENTRIES if entry.name == "02-alpha-not-divided-by-rank")
 UNICODE, DOTTED = "Zoë O'Brien", "j.doe 2"  # nbgrader's layout, and a plain folder of notebooks

@@ -28,6 +28,8 @@ from lora_grader.checks import NOTEBOOKS, checks_of
 from lora_grader.grading import MODES, Sandbox, Timeouts
 from lora_grader.confinement import landlock_abi, seccomp_supported
 
+pytestmark = pytest.mark.slow  # every hostile notebook is graded in a sandbox, in both modes
+
 TIMEOUTS = Timeouts(cell=5.0, check=5.0, notebook=15.0)  # short, with room for a busy 2-core machine
 BATCH_TIME_LIMIT = 900  # seconds, per mode: spawn mode starts a fresh Python and torch for each notebook
 OTHER = {"01": "02", "02": "01"}
@@ -867,6 +869,7 @@ resource.setrlimit(resource.RLIMIT_AS, (3 * 2**30, 3 * 2**30))
 import torch
 from lora_grader.checks import NOTEBOOKS, checks_of
 from lora_grader.verdicts.core import CheckFailed, judge
+
 
 huge = 60_000
 junk = [None, {}, [], huge, "x" * 10_000, {"kind": "int", "value": huge * huge},

@@ -12,6 +12,8 @@ from catalogue import ALL, complete_submission, unexpected_verdicts
 from lora_grader.checks import NOTEBOOKS, checks_of
 from lora_grader.grading import MODES, Sandbox, Timeouts
 
+pytestmark = pytest.mark.slow  # every hostile notebook is graded in a sandbox, in both modes
+
 TIMEOUTS = Timeouts(cell=5.0, check=5.0, notebook=15.0)  # short, with room for a busy 2-core machine
 
 
@@ -150,6 +152,7 @@ def paper_millions(count):
 """}, {"paper_millions": "returned '?'"}),
     Case("05-count-as-numpy-ints", {"count_parameters_answer": """
 import numpy as np
+
 
 
 def count_parameters(model):

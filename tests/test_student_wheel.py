@@ -18,6 +18,8 @@ import pytest
 from catalogue import ROOT
 from lora_grader.bundle import build_student_wheel
 
+pytestmark = pytest.mark.slow  # builds the student wheel and grades in a process of its own
+
 IN_THE_WHEEL = r'''
 import json, sys
 # This venv also holds the course installed in editable mode, whose finder would serve
