@@ -35,6 +35,11 @@ class CheckFailed(AssertionError):
         return [f"\x1b[1;31m{type(self).__name__}\x1b[0m: " + wrapped(str(self))]
 
 
+# Forming A @ B: how it happens, and the question that leads to the fix without stating it.
+HOW_AB_IS_FORMED = "(with @, einsum, torch.outer, or broadcasting and sum)"
+ORDER_HINT = "Which order of the two products keeps every intermediate result no larger than x?"
+
+
 def wrapped(message: str, width: int = 100) -> str:
     """A message in lines of at most `width` characters, each continuation indented like its line."""
     lines = []

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import torch
 
-from lora_grader.verdicts.core import fail, fit_scale, is_close, max_error, numbers, shape_str
+from lora_grader.verdicts.core import (
+    HOW_AB_IS_FORMED, ORDER_HINT, fail, fit_scale, is_close, max_error, numbers, shape_str,
+)
 
 # What a wrong scaling most likely means, by the name answers.layer.scalings gives it.
 CAUSES = {
@@ -241,7 +243,6 @@ def trainable(case, expected, data):
 
 # --- lora_linear_flops ----------------------------------------------------------------------
 
-_HOW_AB_IS_FORMED = "(with @, einsum, torch.outer, or broadcasting and sum)"
 
 
 def flops(case, expected, data):
@@ -256,10 +257,10 @@ def flops(case, expected, data):
     if largest >= expected["matrix"] // 4:
         fail(f"forward built a tensor of {largest:,} numbers, as large as an in × out = {d}×{k} matrix, "
              f"while x, x @ A and the output hold at most {expected['small']:,} each: is A @ B formed "
-             f"{_HOW_AB_IS_FORMED}? Apply A, then B, to x.", case, cause="forms_AB")
+             f"{HOW_AB_IS_FORMED}? " + ORDER_HINT, case, cause="forms_AB")
     if flops > expected["budget"]:
         fail(f"forward used {flops:,} FLOPs but base + (x @ A) @ B needs only {expected['budget']:,}: "
-             f"is an in × out = {d}×{k} matrix formed from A and B? Apply A, then B, to x.", case,
+             f"is an in × out = {d}×{k} matrix formed from A and B? " + ORDER_HINT, case,
              cause="forms_AB")
 
 
@@ -278,8 +279,8 @@ def _large(case, expected, data):
         if failure["out_of_memory"]:
             fail(f"{failure['stage']} ran out of memory{where} on {layer}: an in × out matrix there holds "
                  f"{expected['matrix']:,} numbers ({expected['matrix_bytes'] / 1e9:,.0f} GB), while x, x @ A and "
-                 f"the output hold at most {expected['small']:,}. Is A @ B formed {_HOW_AB_IS_FORMED}, even "
-                 "out of the FLOP counter's sight? Apply A, then B, to x.", case, cause="forms_AB")
+                 f"the output hold at most {expected['small']:,}. Is A @ B formed {HOW_AB_IS_FORMED}, even "
+                 "out of the FLOP counter's sight? " + ORDER_HINT, case, cause="forms_AB")
         hint = forward_hint(failure["message"])
         fail(f"{failure['stage']} raised {failure['type']}{where} on {layer}: {failure['message']}"
              + (f"\n  Likely cause: {hint}" if hint else ""), case, cause=f"raised:{failure['type']}")

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from lora_grader.checks.core import ProbeError
 from lora_grader.checks.nb01 import read_case_spec
-from lora_grader.verdicts.core import expect_tensor, fail, fit_scale, is_close, max_error, numbers, shape_str
+from lora_grader.verdicts.core import (
+    HOW_AB_IS_FORMED, ORDER_HINT, expect_tensor, fail, fit_scale, is_close, max_error, numbers, shape_str,
+)
 from lora_grader.verdicts.expected import NotShipped, expected_for
 
 # What a wrong shape or scale most likely means, by the name answers.nb01 gives it.
@@ -112,7 +114,6 @@ def update_values(case, expected, data):
     fail(message, case, cause=cause)
 
 
-_HOW = "(with @, einsum, torch.outer, or broadcasting and sum)"
 
 
 def update_flops(case, expected, data):
@@ -127,10 +128,10 @@ def update_flops(case, expected, data):
     if int(data["largest"]) >= expected["matrix"] // 4:
         fail(f"lora_update built a tensor of {int(data['largest']):,} numbers, as large as an in × out "
              f"= {d}×{k} matrix, while x, x @ A and the result hold at most {expected['small']:,} each: "
-             f"did you form A @ B {_HOW}? Multiply x by A, then by B.", case, cause="forms_AB")
+             f"did you form A @ B {HOW_AB_IS_FORMED}? " + ORDER_HINT, case, cause="forms_AB")
     if data["flops"] > expected["budget"]:
         fail(f"lora_update used {data['flops']:,} FLOPs, but (x @ A) @ B needs only {expected['budget']:,}: "
-             f"did you form A @ B, a {d}×{k} matrix, first? Multiply x by A, then by B.", case, cause="forms_AB")
+             f"did you form A @ B, a {d}×{k} matrix, first? " + ORDER_HINT, case, cause="forms_AB")
 
 
 def _large(case, expected, data):
@@ -144,8 +145,8 @@ def _large(case, expected, data):
         if failure["out_of_memory"]:
             fail(f"lora_update ran out of memory{where} with {sizes}: an in × out matrix there holds "
                  f"{expected['matrix']:,} numbers ({expected['matrix_bytes'] / 1e9:,.0f} GB), while x, x @ A and "
-                 f"the result hold at most {expected['small']:,}. Did you form A @ B {_HOW}, even out of the "
-                 "FLOP counter's sight? Multiply x by A, then by B.", case, cause="forms_AB")
+                 f"the result hold at most {expected['small']:,}. Did you form A @ B {HOW_AB_IS_FORMED}, "
+                 "even out of the FLOP counter's sight? " + ORDER_HINT, case, cause="forms_AB")
         fail(f"lora_update raised {failure['type']}{where} with {sizes}: {failure['message']}", case,
              cause=f"raised:{failure['type']}")
     if data.get("kind") != "tensor":
