@@ -7,6 +7,7 @@ from lora_grader.verdicts.core import (
     HOW_AB_IS_FORMED, ORDER_HINT, expect_tensor, fail, fit_scale, is_close, max_error, numbers, shape_str,
 )
 from lora_grader.verdicts.expected import NotShipped, expected_for
+from lora_grader.verdicts.physical import judge_large
 
 # What a wrong shape or scale most likely means, by the name answers.nb01 gives it.
 CAUSES = {
@@ -136,26 +137,5 @@ def update_flops(case, expected, data):
 
 def _large(case, expected, data):
     """in = out = 200,000 under a memory limit: A @ B cannot be formed at all."""
-    if "unmeasured" in data:
-        return  # no memory limit where this ran (not Linux): the instructor's grader measures it
-    sizes = f"in_features={case['in_features']:,} and out_features={case['out_features']:,}"
-    failure = data.get("failure")
-    if failure:
-        where = f" at {failure['where']}" if failure["where"] else ""
-        if failure["out_of_memory"]:
-            fail(f"lora_update ran out of memory{where} with {sizes}: an in × out matrix there holds "
-                 f"{expected['matrix']:,} numbers ({expected['matrix_bytes'] / 1e9:,.0f} GB), while x, x @ A and "
-                 f"the result hold at most {expected['small']:,}. Did you form A @ B {HOW_AB_IS_FORMED}, "
-                 "even out of the FLOP counter's sight? " + ORDER_HINT, case, cause="forms_AB")
-        fail(f"lora_update raised {failure['type']}{where} with {sizes}: {failure['message']}", case,
-             cause=f"raised:{failure['type']}")
-    if data.get("kind") != "tensor":
-        fail(f"lora_update returned a {data.get('kind')} with {sizes}, not a tensor", case, cause="not_a_tensor")
-    if list(data["shape"]) != list(expected["shape"]):
-        fail(f"with {sizes}, the result has shape {shape_str(data['shape'])} but expected "
-             f"{shape_str(expected['shape'])}: does lora_update depend on the sizes?", case, cause="wrong_large")
-    columns, sums = data["columns"], data["row_sums"]
-    if not (is_close(columns, expected["columns"], rtol=1e-3) and is_close(sums, expected["row_sums"], rtol=1e-3)):
-        fail(f"with {sizes}, the result differs from scaling · (x @ A) @ B: expected {numbers(expected['columns'])} "
-             f"in some of its columns, got {numbers(columns)}. It is right for smaller sizes: does lora_update "
-             "depend on the sizes?", case, cause="wrong_large")
+    judge_large(case, expected, data, stage="lora_update", result="result", formula="scaling · (x @ A) @ B",
+                on=f"with in_features={case['in_features']:,} and out_features={case['out_features']:,}")
