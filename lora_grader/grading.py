@@ -113,7 +113,7 @@ class Sandbox:
         """Grade many notebooks in one sandbox: jobs maps an id to (notebook key, path). At most
         `parallel` notebooks run at once (default: one per core, at least two). `on_notebook(id,
         results)` is called as each notebook is judged. Integrity flags land in `self.integrity`.
-        `limits` lowers the sandbox's resource bounds (sandbox.LIMITS), for tests."""
+        `limits` lowers the sandbox's resource bounds (process_tree.LIMITS), for tests."""
         specs, unreadable = [], {}
         self.timeouts = timeouts
         for job_id, (key, path) in jobs.items():
