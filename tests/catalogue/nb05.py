@@ -26,6 +26,22 @@ def add_lora(wrap="LoRALinear(getattr(parent, child_name), rank=rank, alpha=alph
     return answer("add_lora", ADD_LORA.format(wrap=wrap))
 
 
+# add_lora with add_module, which replaces the child of that name in place.
+ADD_LORA_BY_ADD_MODULE = '''
+def add_lora(model, targets, rank=4, alpha=8, trainable=()):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in targets:
+        parent_name, _, child_name = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        parent.add_module(child_name, LoRALinear(parent.get_submodule(child_name), rank=rank, alpha=alpha))
+    for name in trainable:
+        for p in model.get_submodule(name).parameters():
+            p.requires_grad_(True)
+    return model
+'''
+
+
 ENTRIES = [
     # --- add_lora --------------------------------------------------------------------------------
     bug("05-add-lora-returns-nothing", "05", answer("add_lora", '''
@@ -119,20 +135,9 @@ ENTRIES = [
                 model.get_submodule(name).requires_grad_(True)
             return model
     '''), "add_lora_trainable", "freezes nothing"),
-    bug("05-add-lora-returns-a-copy", "05", answer("add_lora", '''
-        def add_lora(model, targets, rank=4, alpha=8, trainable=()):
-            model = copy.deepcopy(model)
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for name in targets:
-                parent_name, _, child_name = name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                parent.add_module(child_name, LoRALinear(parent.get_submodule(child_name), rank=rank, alpha=alpha))
-            for name in trainable:
-                for p in model.get_submodule(name).parameters():
-                    p.requires_grad_(True)
-            return model
-    '''), "add_lora_wraps_targets", "in place", fails_only=("add_lora_wraps_targets",)),
+    bug("05-add-lora-returns-a-copy", "05", answer("add_lora", ADD_LORA_BY_ADD_MODULE.replace(
+        "    for p in model.parameters():", "    model = copy.deepcopy(model)\n    for p in model.parameters():", 1)),
+        "add_lora_wraps_targets", "in place", fails_only=("add_lora_wraps_targets",)),
     # --- count_parameters ------------------------------------------------------------------------
     bug("05-count-swapped", "05", answer("count_parameters", '''
         def count_parameters(model):
@@ -283,19 +288,7 @@ ENTRIES = [
                 parameter.requires_grad = in_trainable or ".lora_A." in name or ".lora_B." in name
             return model
     ''')),
-    variant("05-add-lora-by-add-module", "05", answer("add_lora", '''
-        def add_lora(model, targets, rank=4, alpha=8, trainable=()):
-            for p in model.parameters():
-                p.requires_grad_(False)
-            for name in targets:
-                parent_name, _, child_name = name.rpartition(".")
-                parent = model.get_submodule(parent_name) if parent_name else model
-                parent.add_module(child_name, LoRALinear(parent.get_submodule(child_name), rank=rank, alpha=alpha))
-            for name in trainable:
-                for p in model.get_submodule(name).parameters():
-                    p.requires_grad_(True)
-            return model
-    ''')),
+    variant("05-add-lora-by-add-module", "05", answer("add_lora", ADD_LORA_BY_ADD_MODULE)),
     variant("05-count-by-id", "05", answer("count_parameters", '''
         def count_parameters(model):
             unique = {id(p): p for p in model.parameters()}.values()
