@@ -8,6 +8,7 @@ written against notebooks 01 and 02.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
 import json
@@ -171,6 +172,25 @@ _RAW_CONTROL = re.compile("[\\x00-\\x08\\x0b-\\x1f\\x7f]")
 def test_feedback_never_sends_control_characters_to_the_terminal(case, batch):
     for result in batch.results[case.name]:
         assert not _RAW_CONTROL.search(result.message), f"{case.name}, {result.check.name}: {result.message!r}"
+
+
+FORGERS = [case for case in CASES if "forge" in case.name]  # the untouched release, plus a forgery
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("mode", MODES)
+def test_forgers_get_nothing_from_lora_grade_either(mode, tmp_path):
+    """The same forgers, each a student of a class graded by `lora-grade autograde`: all score 0."""
+    for case in FORGERS:
+        folder = tmp_path / "submitted" / case.name / "lora"
+        folder.mkdir(parents=True)
+        (folder / NOTEBOOKS[case.notebook].filename).write_bytes(case.build(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "lora_grader.classgrade", "autograde", "--no-progress"],
+                          cwd=tmp_path, env=dict(os.environ, LORA_GRADER_SANDBOX=mode), capture_output=True, text=True)
+    assert done.returncode == 0, f"lora-grade exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    with open(tmp_path / "lora_grading" / "grades.csv", encoding="utf-8", newline="") as file:
+        totals = {row["student"]: row["total"] for row in csv.DictReader(file)}
+    assert len(FORGERS) >= 3 and totals == {case.name: "0" for case in FORGERS}, totals
 
 
 def _processes_of_run(run_id: str) -> list[str]:
