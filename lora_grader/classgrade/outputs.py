@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 from lora_grader.checks import NOTEBOOKS, checks_of
-from lora_grader.classgrade.grade import parse_shard
+from lora_grader.classgrade.grade import in_shard, parse_shard
 from lora_grader.grading import CheckResult, printable_name
 from lora_grader.report import points_table
 
@@ -116,7 +116,9 @@ def _fenced(text: str) -> list[str]:
 
 
 def merge(shard_dirs: list[Path], out: Path) -> int:
-    """Merge the records of shards 1..N of one class into `out`; the number of students."""
+    """Merge the records of shards 1..N of one class into `out`; the number of students. Each
+    shard's students must be the ones `in_shard` gives it, each in one shard only: a folder
+    edited by hand or mixed up with another class's is refused, not merged."""
     records = []
     for folder in shard_dirs:
         record = read_results(folder)
@@ -133,9 +135,20 @@ def merge(shard_dirs: list[Path], out: Path) -> int:
     if shards != [(k, len(shards)) for k in range(1, len(shards) + 1)]:
         found = ", ".join(record["shard"] for record in records)
         raise ValueError(f"merge needs each shard K/N of one class exactly once; found {found}")
+    held_by = {}  # student -> the shard folders that hold them
+    for folder, record in zip(shard_dirs, records):
+        for name in record["students"]:
+            held_by.setdefault(name, []).append(folder)
+    for name, folders in held_by.items():
+        if len(folders) > 1:
+            raise ValueError(f"student {printable_name(name)} is in more than one shard: "
+                             f"{', '.join(map(str, folders))}; grade the shards again")
     students = {}
-    for record in records:
+    for folder, record in zip(shard_dirs, records):
         for name, student in record["students"].items():
+            if not in_shard(name, parse_shard(record["shard"])):
+                raise ValueError(f"{folder} holds student {printable_name(name)}, who does not belong to its "
+                                 f"shard {record['shard']}: grade the shards again")
             students[name] = student
     write_outputs(out, graders.pop(), students)
     return len(students)
