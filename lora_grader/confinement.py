@@ -76,27 +76,26 @@ def landlock_abi() -> int:
         return 0
 
 
-def readable_roots(hidden: Path) -> list[Path]:
+def readable_roots(*hidden: Path) -> list[Path]:
     """What student code may read: Python, the installed packages and the system's libraries,
-    but nothing beneath `hidden` (the grader's own package: its hidden cases and verdicts)."""
+    but nothing beneath any of `hidden` (the grader's own package: its hidden cases and verdicts;
+    the grading run's folder: the sandbox's log and the other notebooks' folders)."""
     roots = {Path(p) for p in ("/usr", "/lib", "/lib64", "/lib32", "/etc", "/dev", "/opt", "/bin", "/sbin",
                                "/proc/cpuinfo", "/sys/devices/system/cpu")}  # torch reads the CPU's features
     roots |= {Path(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix)}
-    for entry in sys.path:
-        if entry and os.path.isdir(entry) and Path(entry).resolve() != Path.cwd().resolve():
-            roots.add(Path(entry))
-    hidden = hidden.resolve()
-    allowed = []
-    for root in roots:
-        root = root.resolve()
-        if not root.exists():
-            continue
-        if root == hidden or hidden.is_relative_to(root):
-            # a folder that holds the grader (the repository, or site-packages): its other entries only
-            allowed.extend(_entries_beside(root, hidden))
-        elif not root.is_relative_to(hidden):
-            allowed.append(root)
+    roots |= {Path(entry) for entry in sys.path if entry and os.path.isdir(entry)}
+    allowed = [root.resolve() for root in roots if root.exists()]
+    for secret in (path.resolve() for path in hidden):
+        allowed = [entry for root in allowed for entry in _without(root, secret)]
     return allowed
+
+
+def _without(root: Path, hidden: Path) -> list[Path]:
+    if root == hidden or root.is_relative_to(hidden):
+        return []
+    if hidden.is_relative_to(root):  # a folder that holds it (the repository, or site-packages)
+        return _entries_beside(root, hidden)
+    return [root]
 
 
 def _entries_beside(root: Path, hidden: Path) -> list[Path]:
@@ -194,9 +193,32 @@ _DENIED = {
         "name_to_handle_at": 264, "open_by_handle_at": 265, "quotactl": 60,
     },
 }
+# System calls that act on a process named by their arguments: allowed on the caller only
+# (pid 0), so that a notebook cannot re-limit, re-prioritise, pin or move the memory of the
+# sandbox, the grader or another notebook. Each rule: {argument index: the one value allowed}.
+_SELF_ONLY = {
+    "x86_64": {
+        "prlimit64": (302, {0: 0}), "setpriority": (141, {0: 0, 1: 0}),  # PRIO_PROCESS, who 0
+        "sched_setaffinity": (203, {0: 0}), "sched_setscheduler": (144, {0: 0}), "sched_setparam": (142, {0: 0}),
+        "sched_setattr": (314, {0: 0}), "ioprio_set": (251, {0: 1, 1: 0}),  # IOPRIO_WHO_PROCESS, who 0
+        "migrate_pages": (256, {0: 0}), "move_pages": (279, {0: 0}),
+    },
+    "aarch64": {
+        "prlimit64": (261, {0: 0}), "setpriority": (140, {0: 0, 1: 0}),
+        "sched_setaffinity": (122, {0: 0}), "sched_setscheduler": (119, {0: 0}), "sched_setparam": (118, {0: 0}),
+        "sched_setattr": (274, {0: 0}), "ioprio_set": (30, {0: 1, 1: 0}),
+        "migrate_pages": (238, {0: 0}), "move_pages": (239, {0: 0}),
+    },
+}
+# Handles on other processes, and comparing their kernel objects: never needed by student code.
+_DENIED["x86_64"].update(kcmp=312, pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438,
+                         process_madvise=440, process_mrelease=448)
+_DENIED["aarch64"].update(kcmp=272, pidfd_send_signal=424, pidfd_open=434, pidfd_getfd=438,
+                          process_madvise=440, process_mrelease=448)
 _X32_BIT = 0x40000000
 _RET_ALLOW, _RET_EPERM = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
 _LD_ABS_W, _JEQ, _JGE, _RET = 0x20, 0x15, 0x35, 0x06
+_NR, _ARCH, _ARGS = 0, 4, 16  # offsets in struct seccomp_data; each argument is 8 bytes, low half first
 
 
 def seccomp_supported() -> bool:
@@ -210,7 +232,8 @@ def describe() -> str:
     if abi >= 1:
         kernel.append(f"files{' and TCP' if abi >= 4 else ''}{' and signals' if abi >= 6 else ''} by Landlock (ABI {abi})")
     if seccomp_supported():
-        kernel.append("sockets, programs and file modes by seccomp")
+        kernel.append("sockets, programs, file modes and other processes' limits, priorities and memory "
+                      "by seccomp")
     if not kernel:
         return ("sandbox: the kernel confines nothing here (no Landlock or seccomp: not Linux, or an old "
                 "kernel); student code runs in separate processes with time and memory limits only, and "
@@ -221,15 +244,45 @@ def describe() -> str:
 
 
 def _filter(machine: str) -> list[tuple[int, int, int, int]]:
-    """A BPF program: other architectures' calls and the denied calls fail with EPERM."""
-    denied = sorted(set(_DENIED[machine].values()))
-    program = [(_LD_ABS_W, 0, 0, 4), (_JEQ, 1, 0, _AUDIT_ARCH[machine]), (_RET, 0, 0, _RET_EPERM),
-               (_LD_ABS_W, 0, 0, 0)]
-    checks = [(_JGE, _X32_BIT)] * (machine == "x86_64") + [(_JEQ, number) for number in denied]
-    deny_at = len(program) + len(checks) + 1  # after the checks and the final ALLOW
-    for index, (op, value) in enumerate(checks, start=len(program)):
-        program.append((op, deny_at - index - 1, 0, value))
-    return program + [(_RET, 0, 0, _RET_ALLOW), (_RET, 0, 0, _RET_EPERM)]
+    """A BPF program: other architectures' calls and the denied calls fail with EPERM, and so do
+    the self-only calls whose arguments name another process."""
+    # Jumps are written to labels first ("deny", "allow", "next"), then turned into offsets.
+    program: list[tuple[int, object, object, int]] = [
+        (_LD_ABS_W, 0, 0, _ARCH), (_JEQ, 1, 0, _AUDIT_ARCH[machine]), (_RET, 0, 0, _RET_EPERM),
+        (_LD_ABS_W, 0, 0, _NR)]
+    if machine == "x86_64":
+        program.append((_JGE, "deny", 0, _X32_BIT))
+    program += [(_JEQ, "deny", 0, number) for number in sorted(set(_DENIED[machine].values()))]
+    for number, allowed in sorted(_SELF_ONLY[machine].values()):
+        program.append((_JEQ, 0, "next", number))
+        for index, value in sorted(allowed.items()):
+            # the kernel reads these arguments as 32-bit ints: the low half is the whole value
+            program += [(_LD_ABS_W, 0, 0, _ARGS + 8 * index), (_JEQ, 0, "deny", value)]
+        program += [(_RET, 0, 0, _RET_ALLOW), ("next",)]
+    program += [(_RET, 0, 0, _RET_ALLOW), ("deny",), (_RET, 0, 0, _RET_EPERM)]
+    return _assemble(program)
+
+
+def _assemble(program: list[tuple]) -> list[tuple[int, int, int, int]]:
+    """Resolve the labels of `program`: "deny" is the last such label, each "next" the first one
+    after the jump; a BPF jump is at most 255 instructions forward."""
+    labels, code = [], []
+    for item in program:
+        if len(item) == 1:
+            labels.append((item[0], len(code)))
+        else:
+            code.append(item)
+    resolved = []
+    for at, (op, true, false, value) in enumerate(code):
+        jumps = []
+        for target in (true, false):
+            if isinstance(target, str):
+                place = min(p for name, p in labels if name == target and p > at)
+                target = place - at - 1
+                assert 0 <= target <= 255, "a seccomp jump is too long"
+            jumps.append(target)
+        resolved.append((op, *jumps, value))
+    return resolved
 
 
 def seccomp() -> bool:
