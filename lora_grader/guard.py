@@ -58,11 +58,6 @@ _REFUSED_EVENTS = {
 }
 
 
-# Routes into the grader's memory: refused even when a library (inspect, traceback) takes them.
-_INTROSPECTION = {"gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys._current_frames", "sys.settrace",
-                  "sys.setprofile", "sys._getframe"}
-
-
 class Refused(PermissionError):
     """What the sandbox does not allow graded code to do."""
 
@@ -90,12 +85,13 @@ def _kind(frame) -> str:
     return "student"
 
 
-def _asked_by_student(frame, through_libraries: bool) -> bool:
-    """Whether the code behind an audited action is the student's. With `through_libraries`, the
-    nearest caller that is not a library (the standard library, torch, ...) decides: the grader's
-    probes read tracebacks to point at the student's line, a student's code may not, not even
-    through `inspect` or `traceback`. Without it, only the immediate caller counts: libraries
-    (scikit-learn, numpy) may use ctypes for their own ends, and the kernel still confines them."""
+def _asked_by_student(frame, through_libraries: bool = True) -> bool:
+    """Whether the code behind an audited action is the student's: the nearest caller that is
+    not a library (the standard library, torch, ...) decides, so a student's frame anywhere
+    below a chain of library calls counts (ctypes handed to torch's tree_map is still the
+    student's ctypes), while the grader's probes may read tracebacks to point at the student's
+    line. Without `through_libraries`, only the immediate caller counts: for loading a shared
+    library, which packages imported by a student's cell do for their own ends."""
     while frame is not None and (frame.f_code.co_filename == _GUARD_FILE
                                  or frame.f_code.co_filename.startswith(_WRAPPERS)):
         frame = frame.f_back
@@ -160,7 +156,7 @@ class Guards:
             if count > self._fork_limit:
                 self._refuse(f"starting more than {self._fork_limit} processes")
         elif (what := _refusal(event, args, self._protected)) and _asked_by_student(
-                sys._getframe(2), through_libraries=event in _INTROSPECTION or event == "object.__getattr__"):
+                sys._getframe(2), through_libraries=event != "ctypes.dlopen"):
             self._refuse(what)
 
 
@@ -202,12 +198,6 @@ class _Snapshot:
             for module in modules for value in list(vars(module).values())
             if isinstance(value, type) and getattr(value, "__module__", None) == module.__name__
         }
-
-    def note_refused_forks(self) -> None:
-        """Forks refused in processes that are gone count too: the counter is shared."""
-        what = f"starting more than {self._fork_limit} processes"
-        if struct.unpack_from("q", self._forks)[0] > self._fork_limit and what not in self.attempts:
-            self.attempts.append(what)
 
     def restore(self) -> list[str]:
         undone = []

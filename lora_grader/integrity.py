@@ -63,6 +63,12 @@ _ATTRIBUTES = {
     "dup2": "duplicates file descriptors (dup2)",
     "fdopen": "opens a raw file descriptor",
     "system": None,  # only as os.system, below
+    "prlimit": "changes a process's limits (prlimit)",
+    "setpriority": "changes a process's priority (setpriority)",
+    "sched_setaffinity": "pins a process to CPUs (sched_setaffinity)",
+    "sched_setscheduler": "changes a process's scheduling (sched_setscheduler)",
+    "pidfd_open": "takes a handle on another process (pidfd_open)",
+    "syscall": "makes raw system calls (syscall)",
 }
 _QUALIFIED = {("inspect", "stack"): "reads frames (inspect.stack)", ("os", "write"): "writes to a raw file descriptor (os.write)",
               ("os", "system"): "runs a shell command (os.system)", ("os", "kill"): "sends a signal (os.kill)",

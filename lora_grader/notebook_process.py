@@ -71,6 +71,9 @@ def _isolate(out: Path, keep_fd: int, limits: dict) -> None:
     the kernel enforces (confinement.py)."""
     os.setpgid(0, 0)
     os.environ.pop(timeline.VARIABLE, None)
+    # Unreadable from here: the sandbox's folder (its log; on sys.path, as `python -m` puts it
+    # there) and the other notebooks' folders beside this one.
+    hidden = [Path(GRADER_DIR), Path.cwd(), out.parent]
     scratch = out / "scratch"
     scratch.mkdir(exist_ok=True)  # spawn mode: a later worker of the same notebook finds it
     os.chdir(scratch)
@@ -88,7 +91,7 @@ def _isolate(out: Path, keep_fd: int, limits: dict) -> None:
         except (ValueError, OSError):
             pass
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the size limit fails, rather than killing
-    landlock(out, readable_roots(Path(GRADER_DIR)))
+    landlock(out, readable_roots(*hidden))
     seccomp()
 
 

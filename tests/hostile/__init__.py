@@ -16,12 +16,13 @@ import nbformat
 
 from catalogue import ROOT, complete_submission
 from lora_grader.checks import NOTEBOOKS, checks_of
-from lora_grader.confinement import landlock_abi
+from lora_grader.confinement import landlock_abi, seccomp_supported
 from lora_grader.grading import Timeouts
 
 TIMEOUTS = Timeouts(cell=5.0, check=5.0, notebook=15.0)  # short, with room for a busy 2-core machine
 CONFINED_FILES = landlock_abi() >= 1  # without Landlock, student code can reach any file the student can
 CONFINED_SIGNALS = landlock_abi() >= 6
+CONFINED_OTHER_PROCESSES = seccomp_supported()  # limits, priorities, CPUs of other processes
 LISTENERS: dict = {}  # a TCP port and a Unix socket path the batch listens on, outside the sandbox
 
 

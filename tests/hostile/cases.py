@@ -5,7 +5,7 @@ from catalogue import ALL, ROOT
 from catalogue.nb02 import lora_linear
 from lora_grader.checks import NOTEBOOKS
 from hostile import (
-    CONFINED_FILES, CONFINED_SIGNALS, Case, FIFO, FLOPS, LAYER, SPARSE_65_MB, TIMEOUTS, UPDATE, with_bom,
+    CONFINED_FILES, CONFINED_OTHER_PROCESSES, CONFINED_SIGNALS, Case, FIFO, FLOPS, LAYER, SPARSE_65_MB, TIMEOUTS, UPDATE, with_bom,
     malformed_metadata, checks_named, as_nbformat_3, as_utf16, without_ids_and_outputs, edited, flops, raw,
     truncated, update,
 )
@@ -14,7 +14,8 @@ from hostile.payloads import (
     FORGES_WITH_THE_ANSWERS, FORGES_WITH_THE_TOKEN, FORK_BOMB, HUGE_FILE, IGNORES_INTERRUPTS, KILLS, LIAR,
     NETWORK, PATCHES_THE_FLOP_COUNTER, PATCH_COMPARISONS, REACHES_FOR_THE_GRADER, READS_OTHER_WORK,
     RETURNS_A_HUGE_TENSOR, RIGHT_FLOPS, USES_MEMORY_IN_MANY_PROCESSES, WRITES_MANY_FILES,
-    WRITES_MANY_MEGABYTES, WRITES_TO_EVERY_DESCRIPTOR,
+    WRITES_MANY_MEGABYTES, WRITES_TO_EVERY_DESCRIPTOR, SABOTAGES_OTHER_PROCESSES,
+    RAW_SYSTEM_CALLS_THROUGH_A_LIBRARY, READS_THE_SANDBOX,
 )
 
 
@@ -189,7 +190,16 @@ CASES = [
          flagged=("f_back",)),
 ] if CONFINED_FILES else []) + ([
     Case("02-attacks-the-files-around-it", "02", edited("02", at_end=[FILE_ATTACKS]), {}),
+    Case("02-reads-the-sandbox-and-the-notebooks-beside-it", "02", edited("02", at_end=[READS_THE_SANDBOX]), {},
+         flagged=("a path that leaves its folder",)),
 ] if CONFINED_FILES else []) + ([
+    # Without seccomp these would reach other processes of the machine: only where it holds.
+    Case("02-sabotages-the-sandbox-and-the-notebooks-beside-it", "02",
+         edited("02", at_end=[SABOTAGES_OTHER_PROCESSES]), {},
+         flagged=("prlimit", "setpriority", "sched_setaffinity", "sched_setscheduler", "pidfd_open")),
+    Case("02-raw-system-calls-through-a-library", "02", edited("02", at_end=[RAW_SYSTEM_CALLS_THROUGH_A_LIBRARY]),
+         {}, refused=("ctypes",), flagged=("ctypes",)),
+] if CONFINED_OTHER_PROCESSES and CONFINED_SIGNALS else []) + ([
     Case("02-kills-the-sandbox-and-the-grader", "02", edited("02", at_end=[KILLS]),
          {ALL: "killed by signal 9 while running code cell"}),
 ] if CONFINED_SIGNALS else [])

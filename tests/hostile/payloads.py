@@ -308,3 +308,78 @@ time.sleep(30)
 ESCAPE_CODES = ('    raise type("Bad\\x1b[31mError", (Exception,), {{}})("\\x1b[2J\\x1b]0;owned\\x07cleared")\n')
 
 RETURNS_A_HUGE_TENSOR = "    return torch.zeros(3000, 3000)\n"  # 36 MB: more than any check reads
+
+# A saboteur: while the notebooks beside it are graded, it lowers the memory limit, priority and
+# CPUs of its parent (the sandbox) and of every process it can name, and takes a handle on the
+# sandbox. Each attempt names another process, which seccomp refuses; one that got through would
+# cost this notebook its FLOPs points (and the others theirs: test_hostile's bystanders).
+SABOTAGES_OTHER_PROCESSES = """
+import os, resource, signal, time
+worked = []
+def attempt(what, action):
+    try:
+        action()
+        worked.append(what)
+    except (OSError, ValueError):
+        pass
+me, parent = os.getpid(), os.getppid()
+others = [parent] + [pid for pid in range(max(2, me - 300), me + 300) if pid not in (me, parent)]
+deadline = time.monotonic() + 2  # while other notebooks run beside this one
+while time.monotonic() < deadline:
+    for pid in others:
+        attempt("prlimit", lambda: resource.prlimit(pid, resource.RLIMIT_AS, (2**20, 2**20)))
+        attempt("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, pid, 19))
+        attempt("sched_setaffinity", lambda: os.sched_setaffinity(pid, {{0}}))
+        attempt("sched_setscheduler", lambda: os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0)))
+    attempt("pidfd_open", lambda: signal.pidfd_send_signal(os.pidfd_open(parent), signal.SIGSTOP))
+    attempt("setpriority of every process of this user", lambda: os.setpriority(os.PRIO_USER, 0, 19))
+if worked:
+    del lora_flops
+"""
+
+# The same through raw system calls, with ctypes handed to torch's tree_map so that a library,
+# not the student's cell, is the immediate caller: the student's frame below it still counts.
+RAW_SYSTEM_CALLS_THROUGH_A_LIBRARY = """
+import ctypes, functools, os, platform
+from torch.utils._pytree import tree_map
+NUMBERS = {{"x86_64": {{"prlimit64": 302, "setpriority": 141, "ioprio_set": 251, "kill": 62}},
+           "aarch64": {{"prlimit64": 261, "setpriority": 140, "ioprio_set": 30, "kill": 129}}}}
+def through_torch(function, *args):
+    return tree_map(functools.partial(function, *args[:-1]), [args[-1]])[0]
+worked = []
+try:
+    libc = through_torch(ctypes.CDLL, "libc.so.6")
+    syscall = through_torch(getattr, libc, "syscall")
+    number = NUMBERS[platform.machine()]
+    limit = through_torch(ctypes.c_uint64 * 2, 2**20)
+    for name, args in (("prlimit64", (os.getppid(), 9, limit, 0)), ("setpriority", (0, os.getppid(), 19)),
+                       ("ioprio_set", (1, os.getppid(), (3 << 13) | 7)), ("kill", (os.getppid(), 0))):
+        if through_torch(syscall, number[name], *args) == 0:
+            worked.append(name)
+except PermissionError:
+    pass
+if worked:
+    del lora_flops
+"""
+
+# The run's own files: the sandbox's folder (on sys.path, as `python -m` puts it there) with its
+# log, and the folders of the notebooks graded beside this one.
+READS_THE_SANDBOX = """
+import os, re, sys
+found = []
+for folder in sys.path + ["../..", "../../.."]:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        continue
+    found += [os.path.join(folder, name) for name in names
+              if name == "sandbox.log" or re.fullmatch(r"notebooks?-[0-9a-z_]{{8,16}}", name)]
+for path in ["../../../sandbox.log"] + [os.path.join(path, "scratch") for path in found]:
+    try:
+        os.listdir(path) if path.endswith("scratch") else open(path).read(1)
+        found.append(path)
+    except OSError:
+        pass
+if found:
+    del lora_flops
+"""
