@@ -5,7 +5,7 @@ import types
 import pytest
 
 from lora_grader.classgrade.cli import _summary
-from lora_grader.classgrade.outputs import spreadsheet_safe
+from lora_grader.classgrade.outputs import feedback, spreadsheet_safe
 
 FORGER = "alice\n  bob: 03 integrity report: tampered\x1b[2J"
 
@@ -26,3 +26,8 @@ def test_a_name_that_starts_a_formula_is_text_in_the_csv(name):
 
 def test_an_ordinary_name_is_kept_as_it_is():
     assert spreadsheet_safe("Zoë O'Neil-Ñandú") == "Zoë O'Neil-Ñandú"
+
+
+def test_feedback_names_the_student_escaped():
+    text = feedback(FORGER, {"notebooks": {}})
+    assert "\x1b" not in text and "alice\\n  bob" in text.splitlines()[0], text

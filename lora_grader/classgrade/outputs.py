@@ -91,7 +91,7 @@ def check_results(student: dict) -> list[CheckResult]:
 
 def feedback(name: str, student: dict) -> str:
     """The messages and the table of points `pytest autograder` shows, as markdown."""
-    lines = [f"# LoRA course: autograder feedback for {name}", "",
+    lines = [f"# LoRA course: autograder feedback for {printable_name(name)}", "",
              "The same checks as `pytest autograder`, hidden cases included; written answers are "
              "graded by your instructor.", ""]
     for key, notebook in student["notebooks"].items():
