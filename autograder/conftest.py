@@ -15,11 +15,12 @@ import pytest
 from lora_grader.checks import NOTEBOOKS
 from lora_grader import confinement, timeline
 from lora_grader.grading import MODES, SUPPORTED, UNSUPPORTED_MESSAGE, Sandbox
-from lora_grader.report import integrity_report, points_table
+from lora_grader.report import integrity_report, points_table, sandbox_deaths
 
 SANDBOX = pytest.StashKey[Sandbox]()
 RESULTS = pytest.StashKey[dict]()
 INTEGRITY = pytest.StashKey[dict]()
+DEATHS = pytest.StashKey[tuple]()  # (the notebooks running when the sandbox died, those the grader gave up on)
 EXIT_STATUS = pytest.StashKey[int]()
 
 
@@ -74,6 +75,7 @@ def graded(request):
         results = sandbox.grade(_notebook_dir(config), keys)
         config.stash[RESULTS] = {(r.notebook, r.check.name): r for rs in results.values() for r in rs}
         config.stash[INTEGRITY] = sandbox.integrity
+        config.stash[DEATHS] = (sandbox.deaths, sandbox.unreported)
 
     def judge(notebook: str, check) -> None:
         result = config.stash[RESULTS][(notebook, check.name)]
@@ -88,6 +90,9 @@ def pytest_terminal_summary(terminalreporter, config):
         results = list(config.stash[RESULTS].values())
         terminalreporter.write_sep("=", "LoRA course: points")
         terminalreporter.write_line(points_table(results, _notebook_dir(config), config.getoption("--notebooks")))
+        deaths, failed = config.stash.get(DEATHS, ([], set()))
+        for line in sandbox_deaths(deaths, lambda job: f"notebook {job}", failed):
+            terminalreporter.write_line(line)
         terminalreporter.write_line(confinement.describe())
         if report := integrity_report(config.stash[INTEGRITY]):
             terminalreporter.write_sep("=", "Integrity: for a person to read, not a verdict")

@@ -95,6 +95,9 @@ class FrameReader:
 
 
 # --- sandbox -> grader: one record per notebook ----------------------------------------------
+# A header line (JSON: the notebook's id, how its process ended, the frames' kinds and sizes),
+# then the frames' payloads. Before it, as the notebook starts, a "started" record: a header with
+# no frames, which says which notebooks were running should the sandbox die, and is no result.
 
 def write_record(stream, header: dict, frames: list[tuple[int, bytes]]) -> None:
     header = {**header, "frames": [[kind, len(payload)] for kind, payload in frames]}
@@ -102,6 +105,15 @@ def write_record(stream, header: dict, frames: list[tuple[int, bytes]]) -> None:
     for _, payload in frames:
         stream.write(payload)
     stream.flush()
+
+
+def write_started(stream, job_id: str) -> None:
+    write_record(stream, {"id": job_id, "started": True}, [])
+
+
+def is_started(header: dict) -> bool:
+    """Whether a record only says that its notebook started."""
+    return header.get("started") is True
 
 
 def read_record(stream) -> tuple[dict, list[tuple[int, bytes]]] | None:

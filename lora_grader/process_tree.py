@@ -132,3 +132,40 @@ def sweep_orphans(running: dict) -> None:
                 _waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+
+
+def kill_leftovers(session: int, mark: bytes) -> None:
+    """Kill what a sandbox that died left running: its notebooks' processes, orphaned, would go
+    on (a hung one for ever) beside the sandbox that replaces it. They are the processes of its
+    session, and those that left the session (setsid) but carry the run's mark in their
+    environment. Called by the grader before it reaps the sandbox: until then the session's
+    number cannot be reused by an unrelated process."""
+    if not os.path.isdir("/proc/self"):
+        return
+    me = os.getpid()
+    for _ in range(5):  # what was forking while it was killed
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == me:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+                if fields[0] == b"Z":  # dead already (the sandbox itself, until it is reaped)
+                    continue
+                if int(fields[3]) == session:
+                    found.append(int(entry))
+                    continue
+                with open(f"/proc/{entry}/environ", "rb") as environ:
+                    if mark in environ.read().split(b"\0"):
+                        found.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+        for pid in found:
+            try:
+                _kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if not found:
+            return
+        time.sleep(0.02)

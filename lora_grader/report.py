@@ -60,3 +60,21 @@ def integrity_report(integrity: dict) -> str:
             lines.append(f"notebook {key}:")
             lines.extend(f"  {line}" for line in found)
     return "\n".join(lines)
+
+
+def sandbox_deaths(deaths, name, failed=()) -> list[str]:
+    """A line for each notebook that was running when a grading sandbox died, in the order it
+    happened. `deaths` are grading.Death; `name(job id)` says whose notebook it is, printable;
+    `failed`: the job ids the grader gave up on (graded again next run)."""
+    lines = []
+    for job in dict.fromkeys(death.job for death in deaths):
+        mine = [death for death in deaths if death.job == job]
+        line = f"the sandbox died while grading {name(job)} ({mine[0].what}) and was restarted"
+        if mine[-1].culprit:
+            line += f"; graded alone, {name(job)} killed it again ({mine[-1].what}): it scores 0 and needs a look"
+        elif job in failed:
+            line += f"; {name(job)} could not be graded again in this run (the next run grades it)"
+        else:
+            line += "; graded again alone, its result stands"
+        lines.append(line)
+    return lines

@@ -226,6 +226,8 @@ def main() -> None:
     while pending or running:
         while pending and len(running) < job["parallel"]:
             notebook = _Notebook(pending.pop(0), outdir, job)
+            # Said before the fork: should the notebook kill this process at once, the grader knows it ran.
+            channel.write_started(sys.stdout.buffer, notebook.id)
             _start(notebook, [n.fd for n in running.values()])
             running[notebook.pid] = notebook
             timeline.mark(f"sandbox: notebook {notebook.spec['key']} started")

@@ -12,7 +12,7 @@ FORGER = "alice\n  bob: 03 integrity report: tampered\x1b[2J"
 
 def test_a_newline_in_a_name_forges_no_summary_line(tmp_path):
     run = types.SimpleNamespace(students={FORGER: {"notebooks": {}, "needs_a_look": ["01 crashed"]}},
-                                graded=1, reused=0, missing=0)
+                                graded=1, reused=0, missing=0, deaths=[])
     summary = _summary(run, 1.0, tmp_path)
     assert "\x1b" not in summary
     assert not any(line.startswith("  bob:") for line in summary.splitlines()), summary

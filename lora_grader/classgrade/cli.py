@@ -15,7 +15,7 @@ from lora_grader.classgrade.grade import (ASSIGNMENT, find_students, grade_class
 from lora_grader.classgrade.outputs import FEEDBACK, GRADES, RESULTS, merge, read_results, spreadsheet_safe, write_outputs
 from lora_grader.classgrade.outputs import _write as write_whole  # a reader never sees half a file
 from lora_grader.grading import SUPPORTED, UNSUPPORTED_MESSAGE, Timeouts, printable, printable_name
-from lora_grader.report import first_line
+from lora_grader.report import first_line, sandbox_deaths
 
 OUT = Path("lora_grading")
 
@@ -109,6 +109,9 @@ def _summary(run, seconds: float, out: Path) -> str:
         out_of = sum(c["max"] for n in next(iter(students.values()))["notebooks"].values() for c in n["checks"])
         lines.append(f"autograded points: mean {sum(totals) / len(totals):.1f} of {out_of}, "
                      f"full marks {totals.count(out_of)}, zero {totals.count(0)}")
+    whose = {death.job: f"{printable_name(name)}'s {key}" for name, key, death in run.deaths}
+    gave_up = {death.job for name, key, death in run.deaths if students[name]["notebooks"][key].get("grader_failed")}
+    lines += sandbox_deaths([death for _, _, death in run.deaths], whose.get, gave_up)
     looks = {name: s["needs_a_look"] for name, s in students.items() if s["needs_a_look"]}
     lines.append(f"need a look: {len(looks)}" + ("" if looks else " (none)"))
     # A folder name is the student's to choose: a newline or an escape code in it must not forge

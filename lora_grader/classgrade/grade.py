@@ -2,7 +2,9 @@
 
 All the notebooks to grade go to one sandbox, which imports torch once and runs `--jobs` of
 them at a time, each isolated as in `pytest autograder`; this process judges each notebook as
-it comes back, and the progress bar counts students as their last notebook is judged.
+it comes back, and the progress bar counts students as their last notebook is judged. Should the
+sandbox die, another grades what is left (grading.py); only the grader's own failure is never
+kept as a grade.
 """
 from __future__ import annotations
 
@@ -140,6 +142,8 @@ class Run:
     graded: int  # notebooks sent to the sandbox
     reused: int  # notebooks unchanged since the last run
     missing: int
+    # (student, notebook, grading.Death): the notebooks running when a sandbox died, as it happened
+    deaths: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +175,7 @@ def grade_class(students: list[Student], previous: dict | None, grader: str, job
                 reused += 1
             else:
                 todo[f"{number}-{key}"] = Job(student, key, path, digest)  # ids safe as folder names
+    sandbox = None
     with _Progress(todo, notebooks, enabled=progress) as heard:
         try:
             if todo:
@@ -188,11 +193,12 @@ def grade_class(students: list[Student], previous: dict | None, grader: str, job
                     notebooks[job.student.name][job.key] = {
                         **_entry(job.key, job.digest, [CheckResult(job.key, c, message, "grader_failed") for c in checks_of(job.key)]),
                         "grader_failed": True}
+    deaths = [(todo[death.job].student.name, todo[death.job].key, death) for death in sandbox.deaths] if sandbox else []
     return Run(
         {student.name: {"notebooks": {key: notebooks[student.name][key] for key in NOTEBOOKS},
                         "needs_a_look": needs_a_look(student, notebooks[student.name])}
          for student in students},
-        graded=len(todo), reused=reused, missing=missing,
+        graded=len(todo), reused=reused, missing=missing, deaths=deaths,
     )
 
 
