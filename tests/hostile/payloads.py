@@ -323,9 +323,12 @@ def attempt(what, action):
     except (OSError, ValueError):
         pass
 me, parent = os.getpid(), os.getppid()
+# A canary first: seccomp refuses even the caller itself when named by its pid. Where that is
+# let through, so would the attacks be, on whatever runs on this machine: fail, without them.
+attempt("canary", lambda: os.setpriority(os.PRIO_PROCESS, me, 0))
 others = [parent] + [pid for pid in range(max(2, me - 300), me + 300) if pid not in (me, parent)]
 deadline = time.monotonic() + 1  # while other notebooks run beside this one
-while time.monotonic() < deadline:
+while not worked and time.monotonic() < deadline:
     for pid in others:
         attempt("prlimit", lambda: resource.prlimit(pid, resource.RLIMIT_AS, (2**20, 2**20)))
         attempt("setpriority", lambda: os.setpriority(os.PRIO_PROCESS, pid, 19))
