@@ -5,8 +5,8 @@ lora-students get a server from the student install (the bundle's wheel: no hidd
 of lora-instructors one from the full install, which students cannot read. install.sh and
 add-user.sh beside this file make the installs, the groups and the users.
 
-Paths come from the environment so that a test can run a second hub beside a real one; the
-defaults are what install.sh uses.
+Paths and group names come from the environment (install.sh writes them into the systemd unit) so
+that a test can run a second hub beside a real one; the defaults are what install.sh uses.
 """
 import grp
 import os
@@ -18,9 +18,10 @@ PREFIX = os.environ.get("LORA_PREFIX", "/opt/lora-course")
 EXCHANGE = os.environ.get("LORA_EXCHANGE", "/srv/nbgrader/exchange")
 COURSE_ID = os.environ.get("LORA_COURSE_ID", "lora-course")
 STATE = os.environ.get("LORA_HUB_STATE", "/srv/jupyterhub")
-STUDENTS, INSTRUCTORS = "lora-students", "lora-instructors"
+STUDENTS = os.environ.get("LORA_STUDENT_GROUP", "lora-students")
+INSTRUCTORS = os.environ.get("LORA_INSTRUCTOR_GROUP", "lora-instructors")
 
-c.JupyterHub.bind_url = os.environ.get("LORA_HUB_URL", "http://:8000")
+c.JupyterHub.bind_url = "http://:8000"  # behind a TLS proxy, or JupyterHub's own ssl_key and ssl_cert
 c.JupyterHub.db_url = f"sqlite:///{STATE}/jupyterhub.sqlite"
 c.JupyterHub.cookie_secret_file = f"{STATE}/jupyterhub_cookie_secret"
 c.ConfigurableHTTPProxy.pid_file = f"{STATE}/jupyterhub-proxy.pid"
