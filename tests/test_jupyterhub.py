@@ -241,8 +241,9 @@ def answer_check_and_submit(ada: Session) -> None:
     passed = re.fullmatch(r"=+ (\d+) failed, (\d+) passed in .* =+", lines[-1])
     assert status == 1 and passed, f"the self-check's closing line: {lines[-1]!r}\n{output[-3000:]}"
     assert int(passed[2]) == len(ANSWERED), f"only lora_update's checks pass: {lines[-1]!r}"
+    # What the kernel confines, as the self-check's last line before pytest's says: as much for the
+    # student's own server as for this root process (Landlock and seccomp need no privilege).
     assert confinement.describe() in lines, f"the sandbox confines the student as it does here:\n{output[-3000:]}"
-    assert "not confined" not in output and "confines nothing" not in output, output[-3000:]
     points = next(line for line in lines if re.match(r"01\s+lora_update\s", line))
     assert re.search(rf"\s{sum(check.points for check in ANSWERED)}/\d+\s+done", points), points
 
