@@ -333,37 +333,41 @@ def see_feedback(ada: Session) -> None:
 
 
 def confined(hub: Hub) -> None:
-    """As each student, in a shell of their own: what belongs to others stays out of reach."""
+    """As each student, in a shell of their own: what belongs to the other student and to the
+    instructor stays out of reach, and the other's submission is left as it was."""
     ada, bob, carol = hub.users["ada"], hub.users["bob"], hub.users["carol"]
-    instructors = hub.prefix / "instructor"
-    site = next(instructors.glob("lib/python3*/site-packages"))
-    [submission] = [path for path in (hub.exchange / "inbound").iterdir() if path.name.startswith(f"{ada.name}+")]
     q = shlex.quote
-    refused = {
-        "the other student's home": f"ls {q(str(ada.home))}",
-        "the other student's notebook": f"cat {q(str(ada.home / 'course' / 'lora' / NOTEBOOK))}",
-        "the instructor's course folder": f"ls {q(str(carol.home / 'lora-course'))}",
-        "the instructor's gradebook": f"cat {q(str(carol.home / 'lora-course' / 'gradebook.db'))}",
-        "lora-grade's verdicts": f"cat {q(str(carol.home / 'lora-course' / 'lora_grading' / 'results.json'))}",
-        "the instructor's install": f"ls {q(str(instructors))}",
-        "the hidden cases": f"cat {q(str(site / 'lora_grader' / 'checks' / 'hidden.py'))}",
-        "the submissions in the exchange": f"ls {q(str(hub.exchange / 'inbound'))}",
-        "the feedback in the exchange": f"ls {q(str(hub.exchange / 'feedback'))}",
-        "a file in another's submission": f"touch {q(str(submission / 'extra.txt'))}",
-        "another's submitted notebook": f"echo '{{}}' > {q(str(submission / NOTEBOOK))}",
-        "renaming another's submission": f"mv {q(str(submission))} {q(str(hub.exchange / 'inbound' / 'taken'))}",
-        "deleting another's submission": f"rm -rf {q(str(submission))}",
-    }
-    before = {path: path.read_bytes() for path in submission.iterdir()}
-    for what, command in refused.items():
-        done = hub.run_as(bob, command)
-        said = done.stdout + done.stderr
-        assert done.returncode != 0 and ("Permission denied" in said or "Operation not permitted" in said), (
-            f"{bob.name} reached {what}: `{command}` exited {done.returncode}\n{said}")
-    assert {path: path.read_bytes() for path in submission.iterdir()} == before, "ada's submission is as she left it"
-    assert hub.run_as(carol, f"cat {q(str(site / 'lora_grader' / 'checks' / 'hidden.py'))}").returncode == 0, \
-        "the instructor reads the hidden cases"
-    assert hub.run_as(ada, f"ls {q(str(hub.prefix / 'student'))}").returncode == 0, "students read their shared install"
-    for student, other in ((ada, bob), (bob, ada)):
-        done = hub.run_as(student, f"ls {q(str(other.home))}; cat {q(str(carol.home / 'lora-course' / 'nbgrader_config.py'))}")
-        assert done.returncode != 0 and done.stdout == "", f"{student.name}: {done.stdout}{done.stderr}"
+    instructors = hub.prefix / "instructor"
+    hidden = next(instructors.glob("lib/python3*/site-packages")) / "lora_grader" / "checks" / "hidden.py"
+    course = carol.home / "lora-course"
+    for student, other in ((bob, ada), (ada, bob)):
+        [submission] = [path for path in (hub.exchange / "inbound").iterdir() if path.name.startswith(f"{other.name}+")]
+        refused = {
+            "the other student's home": f"ls {q(str(other.home))}",
+            "the other student's notebook": f"cat {q(str(other.home / 'course' / 'lora' / NOTEBOOK))}",
+            "the instructor's course folder": f"ls {q(str(course))}",
+            "the instructor's gradebook": f"cat {q(str(course / 'gradebook.db'))}",
+            "lora-grade's verdicts": f"cat {q(str(course / 'lora_grading' / 'results.json'))}",
+            "the instructor's install": f"ls {q(str(instructors))}",
+            "the hidden cases": f"cat {q(str(hidden))}",
+            "the submissions in the exchange": f"ls {q(str(hub.exchange / 'inbound'))}",
+            "the feedback in the exchange": f"ls {q(str(hub.exchange / 'feedback'))}",
+            "a file in the other's submission": f"touch {q(str(submission / 'extra.txt'))}",
+            "the other's submitted notebook": f"echo '{{}}' > {q(str(submission / NOTEBOOK))}",
+            "renaming the other's submission": f"mv {q(str(submission))} {q(str(hub.exchange / 'inbound' / 'taken'))}",
+            "deleting the other's submission": f"rm -rf {q(str(submission))}",
+        }
+        before = {path: path.read_bytes() for path in submission.iterdir()}
+        for what, command in refused.items():
+            done = hub.run_as(student, command)
+            said = done.stdout + done.stderr
+            assert done.returncode != 0 and ("Permission denied" in said or "Operation not permitted" in said), (
+                f"{student.name} reached {what}: `{command}` exited {done.returncode}\n{said}")
+        after = {path: path.read_bytes() for path in submission.iterdir()}
+        assert after == before, f"{other.name}'s submission is as they left it"
+    # What they may read, so that the refusals above come from the permissions, not from missing files.
+    assert hub.run_as(carol, f"cat {q(str(hidden))} {q(str(course / 'gradebook.db'))} > /dev/null").returncode == 0, \
+        "the instructor reads the hidden cases and the gradebook"
+    for student in (ada, bob):
+        done = hub.run_as(student, f"ls {q(str(hub.prefix / 'student' / 'bin' / 'pytest'))} ~/course/lora/{NOTEBOOK}")
+        assert done.returncode == 0, f"{student.name} reads the shared install and their own notebooks: {done.stderr}"
