@@ -16,12 +16,13 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from machine import apt_install, free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy" / "jupyterhub"
@@ -64,26 +65,10 @@ def ensure_installed() -> str | None:
     if missing := _missing():
         if not shutil.which("apt-get"):
             return f"missing {', '.join(missing)}, and no apt-get to install them"
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
-        done = subprocess.run(install, env=env, capture_output=True, text=True)
-        if done.returncode:  # the package lists may be missing or stale: once more, after an update
-            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
-            done = subprocess.run(install, env=env, capture_output=True, text=True)
+        done = apt_install(missing)
         if done.returncode or _missing():
             return f"apt-get could not install {', '.join(missing)}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
     return None
-
-
-def free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:  # held open together, so that the ports differ
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def unit(path: Path) -> dict:

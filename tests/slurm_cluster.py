@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from machine import apt_install, free_ports
+
 PACKAGES = {"sbatch": "slurm-wlm", "slurmctld": "slurm-wlm", "slurmd": "slurm-wlm", "munged": "munge"}
 NODE = "lora-node"
 FINISHED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE",
@@ -29,28 +31,12 @@ def ensure_installed() -> str | None:
         if os.geteuid() != 0 or not shutil.which("apt-get"):
             return (f"Slurm is not installed ({', '.join(missing_tools())} missing) and only root with apt-get "
                     "installs it (apt-get install slurm-wlm munge)")
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *sorted(set(PACKAGES.values()))]
-        done = subprocess.run(install, env=env, capture_output=True, text=True)
-        if done.returncode:  # the package lists may be missing or stale: once more, after an update
-            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True)
-            done = subprocess.run(install, env=env, capture_output=True, text=True)
+        done = apt_install(sorted(set(PACKAGES.values())))
         if done.returncode or missing_tools():
             return f"apt-get could not install Slurm:\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
     if os.geteuid() != 0:
         return "Slurm is installed, but the one-node cluster's slurmd launches jobs as their user and must run as root"
     return None
-
-
-def _free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    try:  # held open together, so that the ports differ
-        for probe in probes:
-            probe.bind(("127.0.0.1", 0))
-        return [probe.getsockname()[1] for probe in probes]
-    finally:
-        for probe in probes:
-            probe.close()
 
 
 def _tool(name: str) -> str:
@@ -99,7 +85,7 @@ class Cluster:
         host = socket.gethostname().split(".")[0]
         (self.folder / "state").mkdir(exist_ok=True)
         (self.folder / "spool").mkdir(exist_ok=True)
-        controller_port, node_port = _free_ports(2)
+        controller_port, node_port = free_ports(2)
         # MinJobAge: no accounting database here, so finished jobs are seen with scontrol, kept a day.
         self.conf.write_text(f"""\
 ClusterName=loratest

@@ -24,6 +24,7 @@ import pytest
 from catalogue import ROOT, complete_submission, unexpected_verdicts
 from hostile import CONFINED_FILES, FIFO, LISTENERS, SPARSE_65_MB, TIMEOUTS, checks_named, edited, flops, truncated
 from hostile.cases import CASES
+from machine import processes_of_run
 from lora_grader.checks import NOTEBOOKS
 from lora_grader.confinement import seccomp_supported
 from lora_grader.grading import MODES, Sandbox
@@ -193,23 +194,10 @@ def test_forgers_get_nothing_from_lora_grade_either(mode, tmp_path):
     assert len(FORGERS) >= 3 and totals == {case.name: "0" for case in FORGERS}, totals
 
 
-def _processes_of_run(run_id: str) -> list[str]:
-    """Processes whose environment marks them as started by one grading run."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                if f"LORA_GRADING_RUN={run_id}".encode() in environ.read().split(b"\0"):
-                    found.append(entry)
-        except OSError:
-            continue
-    return found
-
-
 @pytest.mark.timeout(BATCH_TIME_LIMIT)
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc to list processes")
 def test_no_process_outlives_the_run(batch):
-    assert not _processes_of_run(batch.run_id), "processes started by graded notebooks outlived the run"
+    assert not processes_of_run(batch.run_id), "processes started by graded notebooks outlived the run"
 
 
 # --- the real command line ------------------------------------------------------------------

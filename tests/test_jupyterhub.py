@@ -29,7 +29,7 @@ except ImportError as error:  # a dependency of the project's tests, not of the 
     raise ImportError('the hub test needs Playwright: pip install -e ".[test]"') from error
 
 import hub_semester
-from hub_semester import Hub, User
+from hub_semester import Hub
 from lora_grader import confinement
 from lora_grader.checks import NOTEBOOKS, checks_of
 from test_jupyterlab_browser import BROWSER_ARGS, code_cell, menu, replace_source, run
