@@ -3,6 +3,7 @@ notebook not yet judged, and names the notebook during which it died. Only a gra
 failing (a sandbox that cannot start) gives the grader's failure as a verdict, never kept."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from catalogue import complete_submission
+from machine import processes_of_run
 from lora_grader import channel
 from lora_grader.checks import NOTEBOOKS
 from lora_grader.classgrade.cli import _summary
@@ -46,18 +48,6 @@ def _killer(key: str) -> dict:
     notebook["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": "kill", "metadata": {},
                                  "outputs": [], "source": KILLS_ITS_SANDBOX})
     return notebook
-
-
-def _processes_of_run(run_id: str) -> list[str]:
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as environ:
-                if f"LORA_GRADING_RUN={run_id}".encode() in environ.read().split(b"\0"):
-                    found.append(entry)
-        except OSError:
-            continue
-    return found
 
 
 def _full_marks(results) -> bool:
@@ -101,34 +91,48 @@ def test_the_summary_names_the_notebook_the_sandbox_died_in_with_the_student_esc
 
 # --- slow: sandboxes that die ----------------------------------------------------------------
 
+@contextlib.contextmanager
+def _once(condition, action):
+    """While the body runs, a thread looks at `condition()` every 10 ms and, the first time it is
+    true, calls `action` with its value."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.01):
+            if value := condition():
+                action(value)
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_sandbox_killed_from_outside_costs_no_notebook_its_points(tmp_path):
     jobs = {key: (key, _write(tmp_path / key, key, complete_submission(key))) for key in NOTEBOOKS}
     victim = "02"
+    # Seconds in its cells, so that the thread below finds it running: a busy grader may read the
+    # record that it started and the one with its result back to back.
+    slow = complete_submission(victim)
+    slow["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": "wait", "metadata": {},
+                             "outputs": [], "source": "import time\ntime.sleep(3)\n"})
+    jobs[victim] = (victim, _write(tmp_path / victim, victim, slow))
     sandbox = Sandbox("fork")
-    done = threading.Event()
-
-    def kill_once_the_victim_runs() -> None:
-        while not done.wait(0.01):
-            if victim in sandbox.running:
-                os.kill(sandbox.process.pid, signal.SIGKILL)
-                return
-
-    killer = threading.Thread(target=kill_once_the_victim_runs)
-    killer.start()
-    try:
+    with _once(lambda: victim in sandbox.running, lambda _: os.kill(sandbox.process.pid, signal.SIGKILL)):
         results = sandbox.grade_jobs(jobs, TIMEOUTS, parallel=2)
-    finally:
-        done.set()
-        killer.join()
     assert {job: _full_marks(found) for job, found in results.items()} == {key: True for key in NOTEBOOKS}
     assert victim in [death.job for death in sandbox.deaths], sandbox.deaths
     assert {death.what for death in sandbox.deaths} == {"killed by SIGKILL"}
     assert not any(death.culprit for death in sandbox.deaths) and not sandbox.unreported
     assert f"the sandbox died while grading notebook {victim} (killed by SIGKILL) and was restarted; graded " \
            f"again alone, its result stands" in sandbox_deaths(sandbox.deaths, lambda job: f"notebook {job}")
-    assert not _processes_of_run(sandbox.run_id), "the dead sandbox's notebooks outlived it"
+    assert not processes_of_run(sandbox.run_id), "the dead sandbox's notebooks outlived it"
 
 
 @pytest.mark.slow
@@ -143,25 +147,17 @@ def test_a_sandbox_that_stops_answering_is_replaced_when_the_watchdog_ends_it(tm
         return 20.0 if len(calls) == 1 else usual(self, job)
 
     monkeypatch.setattr(Sandbox, "_watchdog_seconds", short_for_the_first)
-    victim, done = [], threading.Event()
+    victim = []
 
-    def stop_once_a_notebook_runs() -> None:
-        while not done.wait(0.01):
-            if running := set(sandbox.running):
-                victim.extend(running)
-                os.kill(sandbox.process.pid, signal.SIGSTOP)  # as a machine throttled past any bound
-                return
+    def stop(running: set) -> None:
+        victim.extend(running)
+        os.kill(sandbox.process.pid, signal.SIGSTOP)  # as a machine throttled past any bound
 
-    stopper = threading.Thread(target=stop_once_a_notebook_runs)
-    stopper.start()
-    try:
+    with _once(lambda: set(sandbox.running), stop):
         results = sandbox.grade_jobs(jobs, TIMEOUTS, parallel=1)
-    finally:
-        done.set()
-        stopper.join()
     assert {job: _full_marks(found) for job, found in results.items()} == {"01": True, "02": True, "04": True}
     assert len(victim) == 1 and sandbox.deaths == [Death(victim[0], "no answer for 20 s: stopped by the grader", False)]
-    assert not sandbox.unreported and not _processes_of_run(sandbox.run_id)
+    assert not sandbox.unreported and not processes_of_run(sandbox.run_id)
 
 
 @pytest.mark.slow
@@ -181,7 +177,7 @@ def test_a_notebook_that_kills_its_sandbox_loses_only_its_own_points(tmp_path, m
     assert [death.job for death in sandbox.deaths if death.culprit] == ["killer"], sandbox.deaths
     assert [death.job for death in sandbox.deaths].count("killer") == 2, "convicted after its second death, not run again"
     assert not sandbox.unreported
-    assert not _processes_of_run(sandbox.run_id), "the dead sandbox's notebooks outlived it"
+    assert not processes_of_run(sandbox.run_id), "the dead sandbox's notebooks outlived it"
 
 
 def _class(root: Path, killer: str, kills: bool = True) -> list:
