@@ -28,7 +28,7 @@ def _calls(target: int) -> dict:
     read_only = ctypes.create_string_buffer(16)
     return {
         "prlimit64": (target, 4, None, ctypes.byref(read_only)),  # 4: RLIMIT_CORE, only read
-        "setpriority": (0, target, 0),
+        "setpriority": (0, target, os.getpriority(os.PRIO_PROCESS, 0)),  # as it is: raising it needs privilege
         "sched_setaffinity": (target, ctypes.sizeof(mask), ctypes.byref(mask)),
         "sched_setscheduler": (target, 0, ctypes.byref(param)),  # SCHED_OTHER, as it is
         "sched_setparam": (target, ctypes.byref(param)),
