@@ -11,7 +11,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ except ImportError as error:  # a dependency of the project's tests, not of the 
     raise ImportError('the browser test needs Playwright: pip install -e ".[test]"') from error
 
 from catalogue import complete_submission
+from machine import free_ports
 from lora_grader.checks import NOTEBOOKS, checks_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,12 +51,6 @@ def _chromium(playwright) -> str | None:
                 "as .ci/run does, or `python -m playwright install chromium`)")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Lab:
     """A JupyterLab server on a temporary copy of the course: released and source notebooks,
     and the course's nbgrader configuration (the Formgrader and Validate read it)."""
@@ -70,7 +64,7 @@ class Lab:
         for name, values in LAB_SETTINGS.items():
             (settings / name).parent.mkdir(parents=True, exist_ok=True)
             (settings / name).write_text(json.dumps(values))
-        self.port, self.token = _free_port(), secrets.token_hex(16)
+        self.port, self.token = free_ports(1)[0], secrets.token_hex(16)
         self.log = root / "jupyterlab.log"
         env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(settings),
                    JUPYTERLAB_WORKSPACES_DIR=str(root / "lab-workspaces"))

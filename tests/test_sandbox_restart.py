@@ -43,11 +43,16 @@ def _write(folder: Path, key: str, notebook: dict) -> Path:
     return path
 
 
-def _killer(key: str) -> dict:
+def _with_first_cell(key: str, cell_id: str, source: str) -> dict:
+    """The complete submission, with a code cell of `source` run right after its first."""
     notebook = complete_submission(key)
-    notebook["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": "kill", "metadata": {},
-                                 "outputs": [], "source": KILLS_ITS_SANDBOX})
+    notebook["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": cell_id, "metadata": {},
+                                 "outputs": [], "source": source})
     return notebook
+
+
+def _killer(key: str) -> dict:
+    return _with_first_cell(key, "kill", KILLS_ITS_SANDBOX)
 
 
 def _full_marks(results) -> bool:
@@ -119,9 +124,7 @@ def test_a_sandbox_killed_from_outside_costs_no_notebook_its_points(tmp_path):
     victim = "02"
     # Seconds in its cells, so that the thread below finds it running: a busy grader may read the
     # record that it started and the one with its result back to back.
-    slow = complete_submission(victim)
-    slow["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": "wait", "metadata": {},
-                             "outputs": [], "source": "import time\ntime.sleep(3)\n"})
+    slow = _with_first_cell(victim, "wait", "import time\ntime.sleep(3)\n")
     jobs[victim] = (victim, _write(tmp_path / victim, victim, slow))
     sandbox = Sandbox("fork")
     with _once(lambda: victim in sandbox.running, lambda _: os.kill(sandbox.process.pid, signal.SIGKILL)):
