@@ -17,7 +17,7 @@ import random
 import shutil
 from pathlib import Path
 
-from catalogue import ENTRIES, Entry, complete_submission, write_submission
+from catalogue import ENTRIES, Entry, code_cell, complete_submission, write_submission
 from lora_grader.checks import NOTEBOOKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +88,7 @@ def write_class(plans: list[Plan], submitted: Path) -> None:
         if plan.special in ("exits", "patches-the-grader"):
             exits = plan.special == "exits"
             notebook = complete_submission("01") if exits else _released("01")
-            notebook["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": "added", "metadata": {},
-                                         "outputs": [], "source": "import os\nos._exit(3)\n" if exits else PATCH})
+            notebook["cells"].insert(1, code_cell("import os\nos._exit(3)\n" if exits else PATCH, "added"))
             _write(folder / NOTEBOOKS["01"].filename, notebook, plan.name)
 
 

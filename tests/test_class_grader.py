@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from catalogue import ENTRIES, complete_submission, write_submission
+from catalogue import ENTRIES, code_cell, complete_submission, write_submission
 from lora_grader.checks import NOTEBOOKS, checks_of
 from lora_grader.classgrade.outputs import check_results, feedback_path
 from lora_grader.grading import grade
@@ -44,8 +44,7 @@ def _with_cell(key: str, source: str, output_bytes: int = 0) -> dict:
     """A complete notebook with one more code cell after the first (and its output, if any)."""
     notebook = complete_submission(key)
     outputs = [{"output_type": "stream", "name": "stdout", "text": "x" * output_bytes}] if output_bytes else []
-    notebook["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": "extra", "metadata": {},
-                                 "outputs": outputs, "source": source})
+    notebook["cells"].insert(1, code_cell(source, "extra", outputs))
     return notebook
 
 
@@ -160,8 +159,7 @@ HONEST = ["01-einsum-update", "01-no-scaling", "02-alpha-not-divided-by-rank", "
 def _patching_the_grader() -> dict:
     """The untouched release, with a cell that replaces the grader before the test cells run."""
     notebook = json.loads((Path(__file__).resolve().parents[1] / "course" / "lora" / NOTEBOOKS["01"].filename).read_text())
-    notebook["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": "patch", "metadata": {},
-                                 "outputs": [], "source": "import lora_grader\nlora_grader.check = lambda *a, **k: None\n"})
+    notebook["cells"].insert(1, code_cell("import lora_grader\nlora_grader.check = lambda *a, **k: None\n", "patch"))
     return notebook
 
 

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from catalogue import ALL, complete_submission, unexpected_verdicts
+from catalogue import ALL, code_cell, complete_submission, unexpected_verdicts
 from lora_grader.checks import NOTEBOOKS, checks_of
 from lora_grader.grading import MODES, Sandbox, Timeouts
 
@@ -38,8 +38,7 @@ def _notebook(case: Case) -> dict:
         grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if grade_id in case.answers:
             cell["source"] = case.answers[grade_id].strip("\n") + "\n"
-    notebook["cells"] += [{"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [],
-                           "source": source} for source in case.at_end]
+    notebook["cells"] += [code_cell(source) for source in case.at_end]
     return notebook
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from catalogue import complete_submission
+from catalogue import code_cell, complete_submission
 from machine import processes_of_run
 from lora_grader import channel
 from lora_grader.checks import NOTEBOOKS
@@ -46,8 +46,7 @@ def _write(folder: Path, key: str, notebook: dict) -> Path:
 def _with_first_cell(key: str, cell_id: str, source: str) -> dict:
     """The complete submission, with a code cell of `source` run right after its first."""
     notebook = complete_submission(key)
-    notebook["cells"].insert(1, {"cell_type": "code", "execution_count": None, "id": cell_id, "metadata": {},
-                                 "outputs": [], "source": source})
+    notebook["cells"].insert(1, code_cell(source, cell_id))
     return notebook
 
 

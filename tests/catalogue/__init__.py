@@ -96,6 +96,14 @@ def _is_demo(cell) -> bool:
     return SKIP_TAG in cell.get("metadata", {}).get("tags", [])
 
 
+def code_cell(source: str, cell_id: str | None = None, outputs: list = ()) -> dict:
+    """A code cell a student added, never run (with an id, as JupyterLab writes one, if given)."""
+    cell = {"cell_type": "code", "execution_count": None}
+    if cell_id is not None:
+        cell["id"] = cell_id
+    return {**cell, "metadata": {}, "outputs": list(outputs), "source": source}
+
+
 def write_submission(entry: Entry, folder: Path, keep_demos: bool = True) -> Path:
     """Write the entry's notebook into `folder`; returns its path. Without its demo cells
     (plots, timings, fits: they define nothing graded) nbgrader runs it several times faster."""
@@ -110,10 +118,7 @@ def write_submission(entry: Entry, folder: Path, keep_demos: bool = True) -> Pat
     missing = set(entry.cells) - found
     assert not missing, f"{entry.name}: no solution cell {missing} in notebook {entry.notebook}"
     for number, source in enumerate(entry.extra_cells):
-        notebook["cells"].append({
-            "cell_type": "code", "execution_count": None, "id": f"scratch-{number}",
-            "metadata": {}, "outputs": [], "source": source.strip("\n") + "\n",
-        })
+        notebook["cells"].append(code_cell(source.strip("\n") + "\n", f"scratch-{number}"))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / NOTEBOOKS[entry.notebook].filename
     path.write_text(json.dumps(notebook, indent=1))

@@ -14,7 +14,7 @@ from typing import Callable
 
 import nbformat
 
-from catalogue import ROOT, complete_submission
+from catalogue import ROOT, code_cell, complete_submission
 from lora_grader.checks import NOTEBOOKS, checks_of
 from lora_grader.confinement import landlock_abi, seccomp_supported
 from lora_grader.grading import Timeouts
@@ -49,10 +49,6 @@ def _text(source) -> str:
     return "".join(source) if isinstance(source, list) else source
 
 
-def _code(source: str) -> dict:
-    return {"cell_type": "code", "execution_count": None, "metadata": {}, "outputs": [], "source": source}
-
-
 def _values(root: Path) -> dict:
     """What a cell's source may name: the batch's folder, the repository, the test's listeners."""
     return {"root": root, "repo": ROOT, "port": LISTENERS.get("port", 0), "unix": LISTENERS.get("unix", "")}
@@ -72,8 +68,8 @@ def edited(key, answers=None, scratch=(), after="imports", at_end=(), transform=
                 cell["source"] = answers[grade_id].format(**_values(root)).strip("\n") + "\n"
             cells.append(cell)
             if grade_id == after:
-                cells.extend(_code(source.format(**_values(root))) for source in scratch)
-        cells.extend(_code(source.format(**_values(root))) for source in at_end)
+                cells.extend(code_cell(source.format(**_values(root))) for source in scratch)
+        cells.extend(code_cell(source.format(**_values(root))) for source in at_end)
         notebook["cells"] = cells
         if transform:
             notebook = transform(notebook)
