@@ -52,6 +52,7 @@ def _group(nodeid: str) -> str:
     return "catalogue" if path.rsplit("/", 1)[-1] in CATALOGUE_FILES else path
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook: `pytest tests` runs without it too
 def pytest_xdist_make_scheduler(config, log):
     """`-n` without `--dist`: one work unit per group above, in the order the workers collected them."""
     if config.getvalue("dist") != "load":

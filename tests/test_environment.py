@@ -1,5 +1,7 @@
 """conda users and pip users get the same packages, at the same versions."""
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -56,3 +58,10 @@ def test_ci_installs_the_project_as_the_readme_tells_maintainers():
     assert install, ".ci/run should pip-install the project"
     command = " ".join(install.groups())
     assert command in (ROOT / "README.md").read_text(), f"the README should show CI's install: {command}"
+
+
+def test_the_tests_run_without_pytest_xdist():
+    """Two workers are CI's choice (README, Maintainers); one after the other must still work."""
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "no:cacheprovider", "-q",
+                           "tests/test_physical.py"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
